@@ -1,0 +1,1 @@
+"""Release tables (YAML, one file per family), installed as ``sae_hub.registry``."""

@@ -1,0 +1,54 @@
+"""sae-hub: one ``SAE`` class that every published sparse-autoencoder format loads into.
+
+``import sae_hub`` is cheap: names are resolved on first access, so torch, safetensors and the hub client
+load only when used, and transformer_lens / transformers / plotly / requests / pandas only in the functions
+that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "SAE": "sae_hub.sae",
+    "SAEConfig": "sae_hub.config",
+    "Provenance": "sae_hub.config",
+    "register_loader": "sae_hub.loading",
+    "list_loaders": "sae_hub.loading",
+    "get_loader": "sae_hub.loading",
+    "detect_format": "sae_hub.loading",
+    "splice": "sae_hub.splice",
+    "run_with_saes": "sae_hub.splice",
+}
+_ERRORS = (
+    "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
+    "ShapeMismatchError", "UnsupportedSAEError", "UnsafeCheckpointError", "FormatDetectionError",
+    "LoaderRegistrationError", "RegistryError", "UnknownReleaseError", "UnknownSAEError", "DownloadError",
+    "IntegrityError",
+)
+_EXPORTS.update({name: "sae_hub.errors" for name in _ERRORS})
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from sae_hub.config import Provenance, SAEConfig
+    from sae_hub.errors import *  # noqa: F403
+    from sae_hub.loading import detect_format, get_loader, list_loaders, register_loader
+    from sae_hub.sae import SAE
+    from sae_hub.splice import run_with_saes, splice
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sae_hub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

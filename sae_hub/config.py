@@ -1,0 +1,313 @@
+"""SAEConfig: everything needed to run an SAE and to know where it came from.
+
+The on-disk form of this config *is* SAELens 6's ``cfg.json`` (``to_dict``/``from_dict``), so a folder saved
+by sae-hub loads in SAELens 6 and any SAELens folder (6.x, or the flat pre-6 layout) loads here. Fields
+SAELens has no slot for (provenance, ``hf_hook_name``, licence, a runtime scaling factor) travel inside
+SAELens's free-form ``metadata`` block, which SAELens keeps verbatim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from sae_hub.errors import ConfigError, UnknownArchitectureError
+
+__all__ = ["ARCHITECTURES", "NORMALIZATIONS", "Provenance", "SAEConfig"]
+
+Architecture = Literal["relu", "jumprelu", "topk", "gated"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+
+# What happens to an input row before the encoder (and is undone after the decoder):
+# - none:                     nothing.
+# - expected_average_only_in: multiply by the constant ``norm_scaling_factor`` (divide the output by
+#                             ``norm_scaling_factor_out``). With no factor recorded this is a no-op, exactly as
+#                             in SAELens 6, which only warns; ``fold_activation_norm_scaling_factor`` folds it.
+# - constant_norm_rescale:    per token, scale to norm sqrt(d_in) (SAELens; lm-saes "token-wise").
+# - layer_norm:               per token, (x - mean) / (unbiased std + 1e-5); output * std + mean (SAELens).
+# - zscore:                   per token, (x - mean) / (population std + 1e-5); output * (std + 1e-5) + mean
+#                             (nanoSAE's ``dataset_normalization="zscore"``). Not a SAELens mode.
+Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "zscore"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+PER_TOKEN_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm", "zscore")
+
+# SAELens architecture names <-> ours. SAELens calls the plain ReLU SAE "standard", and encodes
+# "transcoder" and "has W_skip" in the architecture name.
+_FROM_SAELENS: dict[str, tuple[str, bool, bool]] = {
+    # name: (architecture, is_transcoder, has_skip)
+    "standard": ("relu", False, False),
+    "relu": ("relu", False, False),
+    "jumprelu": ("jumprelu", False, False),
+    "topk": ("topk", False, False),
+    "gated": ("gated", False, False),
+    "transcoder": ("relu", True, False),
+    "skip_transcoder": ("relu", True, True),
+    "jumprelu_transcoder": ("jumprelu", True, False),
+    "jumprelu_skip_transcoder": ("jumprelu", True, True),
+    # Not SAELens names; written by sae-hub for variants SAELens cannot hold, so SAELens refuses them loudly.
+    "topk_transcoder": ("topk", True, False),
+    "topk_skip_transcoder": ("topk", True, True),
+}
+
+_METADATA_FIELDS = (
+    "model_name",
+    "hook_name",
+    "hook_name_out",
+    "hf_hook_name",
+    "hf_hook_name_out",
+    "hook_head_index",
+    "prepend_bos",
+    "context_size",
+    "dataset_path",
+    "neuronpedia_id",
+    "license",
+)
+
+
+@dataclass
+class Provenance:
+    """Where the weights came from and what was done to them, so a converted SAE can be audited."""
+
+    source_format: str | None = None
+    source_files: list[dict[str, str]] = field(default_factory=list)  # [{"name": ..., "sha256": ...}]
+    conversions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Provenance:
+        d = d or {}
+        return cls(
+            source_format=d.get("source_format"),
+            source_files=[dict(f) for f in d.get("source_files", [])],
+            conversions=list(d.get("conversions", [])),
+        )
+
+
+@dataclass
+class SAEConfig:
+    """Typed config of an :class:`~sae_hub.SAE`.
+
+    The math fields (architecture to ``reshape_activations``) fully determine what the SAE computes; the
+    metadata fields say where in which model it reads and writes, and ``provenance`` how it was produced.
+    ``d_out`` is ``d_in`` except for transcoders, whose output hook (``hook_name_out``) differs from the input.
+    """
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    d_out: int | None = None
+    k: int | None = None
+    apply_b_dec_to_input: bool = False
+    rescale_acts_by_decoder_norm: bool = False
+    has_skip: bool = False
+    normalize_activations: str = "none"
+    norm_scaling_factor: float | None = None
+    norm_scaling_factor_out: float | None = None
+    reshape_activations: str = "none"
+    dtype: str = "float32"
+    device: str = "cpu"
+    # metadata
+    model_name: str | None = None
+    hook_name: str | None = None
+    hook_name_out: str | None = None
+    hf_hook_name: str | None = None
+    hf_hook_name_out: str | None = None
+    hook_head_index: int | None = None
+    prepend_bos: bool | None = None
+    context_size: int | None = None
+    dataset_path: str | None = None
+    neuronpedia_id: str | None = None
+    license: str | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    extra: dict[str, Any] = field(default_factory=dict)  # other metadata, kept verbatim for round trips
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise UnknownArchitectureError(
+                f"unknown architecture {self.architecture!r}; sae-hub implements {', '.join(ARCHITECTURES)}",
+                field="architecture",
+            )
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}", field=name)
+        if self.d_out is None:
+            self.d_out = self.d_in
+        elif not isinstance(self.d_out, int) or self.d_out <= 0:
+            raise ConfigError(f"d_out must be a positive integer, got {self.d_out!r}", field="d_out")
+        if self.architecture == "topk":
+            if self.k is None:
+                raise ConfigError("a topk SAE needs k", field="k")
+            if float(self.k) != int(self.k) or int(self.k) <= 0 or int(self.k) > self.d_sae:
+                raise ConfigError(f"k must be an integer in [1, d_sae={self.d_sae}], got {self.k!r}", field="k")
+            self.k = int(self.k)
+        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
+            raise ConfigError("rescale_acts_by_decoder_norm is defined for topk SAEs only",
+                              field="rescale_acts_by_decoder_norm")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise ConfigError(
+                f"unknown normalize_activations {self.normalize_activations!r}; "
+                f"expected one of {', '.join(NORMALIZATIONS)}",
+                field="normalize_activations",
+            )
+        if self.reshape_activations not in ("none", "hook_z"):
+            raise ConfigError(f"unknown reshape_activations {self.reshape_activations!r}",
+                              field="reshape_activations")
+        if self.apply_b_dec_to_input and self.is_transcoder:
+            raise ConfigError("apply_b_dec_to_input needs d_out == d_in (b_dec lives in the output space)",
+                              field="apply_b_dec_to_input")
+        for name in ("norm_scaling_factor", "norm_scaling_factor_out"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}", field=name)
+        if isinstance(self.provenance, dict):
+            self.provenance = Provenance.from_dict(self.provenance)
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True when the SAE writes to a different place (or width) than it reads."""
+        return self.d_out != self.d_in or (
+            self.hook_name_out is not None and self.hook_name_out != self.hook_name
+        )
+
+    @property
+    def output_hook_name(self) -> str | None:
+        """Where the reconstruction belongs in the model: ``hook_name_out`` for transcoders, else ``hook_name``."""
+        return self.hook_name_out or self.hook_name
+
+    def replace(self, **changes: Any) -> SAEConfig:
+        """A copy with some fields changed (validated again)."""
+        out = dataclasses.replace(self, **changes)
+        out.provenance = Provenance.from_dict(out.provenance.to_dict())
+        out.extra = dict(out.extra)
+        return out
+
+    def record(self, conversion: str) -> None:
+        """Append a transform to the provenance log (folds, rescalings, dtype casts)."""
+        self.provenance.conversions.append(conversion)
+
+    # ------------------------------------------------------------------ SAELens 6 cfg.json
+
+    def saelens_architecture(self) -> str:
+        """The ``architecture`` string SAELens 6 uses for this SAE."""
+        if self.is_transcoder or self.has_skip:
+            base = {"relu": "", "jumprelu": "jumprelu_", "topk": "topk_", "gated": "gated_"}[self.architecture]
+            return f"{base}{'skip_' if self.has_skip else ''}transcoder"
+        return "standard" if self.architecture == "relu" else self.architecture
+
+    def to_dict(self) -> dict[str, Any]:
+        """SAELens 6 ``cfg.json`` layout: SAELens's fields on top, everything else inside ``metadata``."""
+        out: dict[str, Any] = {
+            "architecture": self.saelens_architecture(),
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": self.dtype,
+            "device": self.device,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": self.normalize_activations,
+            "reshape_activations": self.reshape_activations,
+        }
+        if self.is_transcoder or self.has_skip:
+            out["d_out"] = self.d_out
+        if self.architecture == "topk":
+            out["k"] = self.k
+            out["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
+        meta: dict[str, Any] = dict(self.extra)
+        for name in _METADATA_FIELDS:
+            meta[name] = getattr(self, name)
+        if self.norm_scaling_factor is not None:
+            meta["norm_scaling_factor"] = self.norm_scaling_factor
+        if self.norm_scaling_factor_out is not None:
+            meta["norm_scaling_factor_out"] = self.norm_scaling_factor_out
+        meta["provenance"] = self.provenance.to_dict()
+        out["metadata"] = meta
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, path: str | None = None) -> SAEConfig:
+        """Read a SAELens 6 ``cfg.json`` dict, a pre-6 flat one, or our own ``to_dict`` output.
+
+        ``path`` only improves error messages.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}", path=path)
+        d = dict(d)
+        meta = dict(d.pop("metadata", None) or {})
+        flat = not meta  # pre-6 SAELens: everything at the top level, under older names
+        if flat:
+            d = _normalise_pre6(d)
+        for name in ("architecture", "d_in", "d_sae"):
+            if name not in d:
+                if name == "architecture" and flat:
+                    continue
+                raise ConfigError(f"missing required field {name!r}", path=path, field=name)
+        arch_name = str(d.get("architecture", "standard"))
+        if arch_name not in _FROM_SAELENS:
+            raise UnknownArchitectureError(
+                f"unknown architecture {arch_name!r}; sae-hub reads "
+                f"{', '.join(sorted(_FROM_SAELENS))}",
+                path=path,
+                field="architecture",
+            )
+        arch, transcoder, has_skip = _FROM_SAELENS[arch_name]
+        if transcoder and "d_out" not in d:
+            raise ConfigError(f"missing required field 'd_out' for a {arch_name}", path=path, field="d_out")
+        norm = d.get("normalize_activations", "none")
+        if isinstance(norm, bool):  # pre-6 boolean flag
+            norm = "expected_average_only_in" if norm else "none"
+        if norm is None:
+            norm = "none"
+        known = set(_METADATA_FIELDS) | {"provenance", "norm_scaling_factor", "norm_scaling_factor_out"}
+        source = meta if not flat else d
+        kwargs: dict[str, Any] = {name: source.get(name) for name in _METADATA_FIELDS}
+        try:
+            return cls(
+                architecture=arch,
+                d_in=_int(d["d_in"], "d_in", path),
+                d_sae=_int(d["d_sae"], "d_sae", path),
+                d_out=_int(d["d_out"], "d_out", path) if "d_out" in d and (transcoder or has_skip) else None,
+                k=d.get("k") if arch == "topk" else None,
+                apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", flat)),
+                rescale_acts_by_decoder_norm=bool(d.get("rescale_acts_by_decoder_norm", False))
+                if arch == "topk"
+                else False,
+                has_skip=has_skip,
+                normalize_activations=str(norm),
+                norm_scaling_factor=meta.get("norm_scaling_factor"),
+                norm_scaling_factor_out=meta.get("norm_scaling_factor_out"),
+                reshape_activations=str(d.get("reshape_activations") or "none"),
+                dtype=str(d.get("dtype") or "float32"),
+                device=str(d.get("device") or "cpu"),
+                provenance=Provenance.from_dict(meta.get("provenance")),
+                extra={k: v for k, v in meta.items() if k not in known},
+                **kwargs,
+            )
+        except ConfigError as e:
+            if e.path is None and path is not None:
+                raise type(e)(e.message, path=path, field=e.field) from None
+            raise
+
+
+def _int(value: Any, name: str, path: str | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ConfigError(f"{name} must be an integer, got {value!r}", path=path, field=name)
+    return int(value)
+
+
+def _normalise_pre6(d: dict[str, Any]) -> dict[str, Any]:
+    """Rename pre-6 SAELens keys and apply the defaults SAELens applied to them."""
+    renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
+               "activation_fn_str": "activation_fn"}
+    out = {renames.get(k, k): v for k, v in d.items()}
+    out.setdefault("apply_b_dec_to_input", True)
+    out.setdefault("prepend_bos", True)
+    if out.get("activation_fn") == "topk" and (out.get("activation_fn_kwargs") or {}).get("k") is not None:
+        out["architecture"] = "topk"
+        out["k"] = out["activation_fn_kwargs"]["k"]
+    out.setdefault("architecture", "standard")
+    if out.get("reshape_activations") is None:
+        out["reshape_activations"] = "hook_z" if "hook_z" in str(out.get("hook_name") or "") else "none"
+    return out

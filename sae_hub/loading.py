@@ -1,0 +1,216 @@
+"""The loader registry: how sae-hub learns to read a checkpoint format.
+
+A loader is a pure function from local files to ``(SAEConfig, state_dict)`` with tensors already in
+canonical orientation (see :mod:`sae_hub.sae`), plus a ``detect`` predicate for autodetection and the glob
+patterns of the files it may read (so the hub downloads only those). Loaders never download and never run
+code from a checkpoint.
+
+Built-in loaders live one module per format in ``sae_hub.loaders``; third-party packages add theirs through
+the ``sae_hub.loaders`` entry-point group, or by calling :func:`register_loader` directly::
+
+    @sae_hub.register_loader("my-format", files=["weights.safetensors", "meta.json"], detect=my_detect)
+    def load_my_format(path: Path, options: dict) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+        ...
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sae_hub.errors import (
+    ConfigError,
+    CorruptFileError,
+    FormatDetectionError,
+    LoaderRegistrationError,
+    MissingFileError,
+    SaeHubError,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from sae_hub.config import SAEConfig
+
+__all__ = ["Loader", "detect_format", "get_loader", "list_loaders", "load_local", "register_loader"]
+
+LoadFn = Callable[[Path, dict[str, Any]], "tuple[SAEConfig, dict[str, torch.Tensor]]"]
+DetectFn = Callable[[Path], bool]
+
+ENTRY_POINT_GROUP = "sae_hub.loaders"
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A registered format: its name, what it reads, how to recognise it, and the function that loads it."""
+
+    name: str
+    load: LoadFn
+    detect: DetectFn
+    files: tuple[str, ...]
+    options: tuple[str, ...] = ()
+    description: str = ""
+
+    def matching_files(self, names: Iterable[str]) -> list[str]:
+        """Which of ``names`` (paths relative to an SAE folder) this format may read."""
+        return sorted(n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in self.files))
+
+
+_LOADERS: dict[str, Loader] = {}
+_discovered = False
+
+
+def register_loader(
+    name: str,
+    *,
+    files: Iterable[str],
+    detect: DetectFn,
+    options: Iterable[str] = (),
+    description: str | None = None,
+    replace: bool = False,
+) -> Callable[[LoadFn], LoadFn]:
+    """Decorator registering ``load(path, options) -> (SAEConfig, state_dict)`` as format ``name``.
+
+    ``files`` are glob patterns, relative to the SAE folder, of every file the loader may read; ``detect``
+    says whether a local folder/file is in this format; ``options`` are the keyword options it accepts
+    (anything else passed to ``load_from_disk`` is rejected). Registering a taken name is an error unless
+    ``replace=True``.
+    """
+    if not name or not isinstance(name, str):
+        raise LoaderRegistrationError(f"a loader needs a non-empty string name, got {name!r}")
+    if not callable(detect):
+        raise LoaderRegistrationError(f"loader {name!r}: detect must be callable")
+    patterns = tuple(files)
+    if not patterns:
+        raise LoaderRegistrationError(f"loader {name!r}: declare the files it reads")
+
+    def decorator(fn: LoadFn) -> LoadFn:
+        if not callable(fn):
+            raise LoaderRegistrationError(f"loader {name!r}: load must be callable")
+        existing = _LOADERS.get(name)
+        if existing is not None and not replace and existing.load is not fn:
+            raise LoaderRegistrationError(
+                f"a loader named {name!r} is already registered (by {existing.load.__module__}); "
+                "pass replace=True to override it"
+            )
+        doc = description if description is not None else (fn.__doc__ or "").strip().split("\n")[0]
+        _LOADERS[name] = Loader(name, fn, detect, patterns, tuple(options), doc)
+        return fn
+
+    return decorator
+
+
+def _discover() -> None:
+    """Import the built-in loader modules and the entry points, once, on first use."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import sae_hub.loaders as builtin
+
+    for info in pkgutil.iter_modules(builtin.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{builtin.__name__}.{info.name}")
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except SaeHubError:
+            raise
+        except Exception as e:
+            raise LoaderRegistrationError(
+                f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP!r} failed to import: {e!r}"
+            ) from e
+
+
+def list_loaders() -> list[str]:
+    """Names of every registered loader (built-in, entry points, and ones registered at run time)."""
+    _discover()
+    return sorted(_LOADERS)
+
+
+def get_loader(name: str) -> Loader:
+    """The loader registered as ``name``; an unknown name lists the known ones."""
+    _discover()
+    try:
+        return _LOADERS[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, _LOADERS, n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(
+            f"no loader named {name!r}{hint} Known loaders: {', '.join(sorted(_LOADERS))}", field="format"
+        ) from None
+
+
+def detect_format(path: str | Path) -> str:
+    """The name of the one loader that recognises ``path``; none or several is a :class:`FormatDetectionError`."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingFileError("no such file or folder", path=p)
+    _discover()
+    hits = []
+    for loader in _LOADERS.values():
+        try:
+            if loader.detect(p):
+                hits.append(loader.name)
+        except SaeHubError:
+            raise
+        except Exception:  # a third-party detect that crashes on a foreign folder just does not match
+            continue
+    if len(hits) == 1:
+        return hits[0]
+    found = sorted(str(c.relative_to(p)) for c in p.rglob("*") if c.is_file())[:30] if p.is_dir() else [p.name]
+    if not hits:
+        raise FormatDetectionError(
+            f"no loader recognises this; found {found}; tried {', '.join(sorted(_LOADERS))}. "
+            "Pass format=... to name one, or register a loader for this format",
+            path=p,
+        )
+    raise FormatDetectionError(
+        f"ambiguous: loaders {hits} all recognise this (found {found}); pass format=... to choose", path=p
+    )
+
+
+def load_local(
+    path: str | Path, *, format: str | None = None, options: Mapping[str, Any] | None = None
+) -> tuple[SAEConfig, dict[str, torch.Tensor], str]:
+    """Run a loader on local files: ``(config, canonical state_dict, source path)``.
+
+    Fills in provenance (format and files read) and turns any non-sae-hub exception a loader lets escape
+    into a :class:`CorruptFileError` naming the loader and the path.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MissingFileError("no such file or folder", path=p)
+    name = format if format is not None else detect_format(p)
+    loader = get_loader(name)
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(loader.options))
+    if unknown:
+        accepted = ", ".join(loader.options) or "none"
+        raise ConfigError(f"loader {name!r} does not take option(s) {unknown}; it accepts: {accepted}",
+                          path=p, field=unknown[0])
+    try:
+        cfg, state_dict = loader.load(p, opts)
+    except SaeHubError:
+        raise
+    except Exception as e:
+        raise CorruptFileError(f"loader {name!r} could not read this: {type(e).__name__}: {e}", path=p) from e
+    prov = cfg.provenance
+    if prov.source_format is None:
+        prov.source_format = name
+    if not prov.source_files:
+        if p.is_dir():
+            names = [str(c.relative_to(p)) for c in p.rglob("*") if c.is_file()]
+            prov.source_files = [{"name": n} for n in loader.matching_files(names)]
+        else:
+            prov.source_files = [{"name": p.name}]
+    return cfg, state_dict, str(p)

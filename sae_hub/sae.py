@@ -1,0 +1,472 @@
+"""The SAE: what a sparse autoencoder computes, stated once.
+
+Canonical semantics (every loader converts into exactly this; see ``../shared`` formats notes):
+
+    x_n  = normalize(x)                       # per ``cfg.normalize_activations``; identity by default
+    x'   = x_n - b_dec  if apply_b_dec_to_input else x_n
+    z    = x' @ W_enc + b_enc
+    f    = relu(z)                                    relu
+         = relu(z) * (z > threshold)                  jumprelu
+         = the k largest of relu(z) per row, rest 0   topk   (selected on z * ||W_dec_j|| if
+                                                               rescale_acts_by_decoder_norm, SAELens-style)
+         = (x' @ W_enc + b_gate > 0) * relu((x' @ W_enc) * exp(r_mag) + b_mag)      gated (no b_enc)
+    decode(f) = denormalize(f @ W_dec + b_dec)
+    forward(x) = decode(encode(x)) [+ x @ W_skip.T for skip transcoders]
+
+Shapes: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out], threshold [d_sae],
+W_skip [d_out, d_in]. Thresholds and top-k selection are decided in float32 whatever the weight dtype,
+because bf16 rounding can flip ``z > threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sae_hub.config import PER_TOKEN_NORMALIZATIONS, SAEConfig
+from sae_hub.errors import ConfigError, ShapeMismatchError, UnsupportedSAEError
+from sae_hub.files import dtype_from_str, dtype_to_str
+
+if TYPE_CHECKING:
+    from sae_hub.config import Provenance
+
+__all__ = ["SAE", "param_shapes"]
+
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+CONFIG_FILENAME = "cfg.json"
+SPARSITY_FILENAME = "sparsity.safetensors"
+
+
+def param_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors an SAE with this config owns, and their shapes: the one source loaders validate against."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "W_dec": (cfg.d_sae, cfg.d_out or cfg.d_in),
+        "b_dec": (cfg.d_out or cfg.d_in,),
+    }
+    if cfg.architecture == "gated":
+        shapes.update(b_gate=(cfg.d_sae,), r_mag=(cfg.d_sae,), b_mag=(cfg.d_sae,))
+    else:
+        shapes["b_enc"] = (cfg.d_sae,)
+    if cfg.architecture == "jumprelu":
+        shapes["threshold"] = (cfg.d_sae,)
+    if cfg.has_skip:
+        shapes["W_skip"] = (cfg.d_out or cfg.d_in, cfg.d_in)
+    return shapes
+
+
+@dataclass
+class _InputState:
+    """Per-call facts encode needs to hand to decode: per-token norm statistics and the hook_z head shape."""
+
+    mean: torch.Tensor | None = None
+    scale: torch.Tensor | None = None  # decode multiplies by this (std, or 1/coefficient)
+    head_shape: tuple[int, int] | None = None
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder on model activations; every supported format loads into this one class.
+
+    Build one from a config (``SAE(cfg)``, randomly initialised), from disk (``SAE.load_from_disk``) or
+    from the hub (``SAE.from_pretrained``). Parameters use SAELens's names and orientation.
+    """
+
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+
+    def __init__(self, cfg: SAEConfig, *, device: str | torch.device | None = None,
+                 dtype: torch.dtype | str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dt = dtype_from_str(dtype if dtype is not None else cfg.dtype)
+        factory: dict[str, Any] = {"dtype": dt}
+        if device is not None:
+            factory["device"] = device
+        for name, shape in param_shapes(cfg).items():
+            setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+        self._last_input_state: _InputState | None = None
+        if self.W_enc.device.type != "meta":
+            self.reset_parameters()
+        self.cfg.dtype = dtype_to_str(dt)
+        self.cfg.device = str(self.W_enc.device)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Tied init: unit-norm random decoder rows, ``W_enc = W_dec.T``, zero biases, zero thresholds."""
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_out or self.cfg.d_in, dtype=torch.float32,
+                        device=self.W_dec.device)
+        w /= w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.copy_(w)
+        if self.W_dec.shape[1] == self.cfg.d_in:
+            self.W_enc.copy_(w.T)
+        else:
+            nn.init.kaiming_uniform_(self.W_enc, a=math.sqrt(5))
+        for name, _ in self.named_parameters():
+            if name not in ("W_enc", "W_dec"):
+                getattr(self, name).zero_()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    @property
+    def W_dec_norm(self) -> torch.Tensor:
+        """Per-feature decoder norms ``||W_dec[j]||`` in float32 (clamped away from 0)."""
+        return self.W_dec.float().norm(dim=-1).clamp_min(1e-8)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        bits = [f"architecture={c.architecture}", f"d_in={c.d_in}", f"d_sae={c.d_sae}"]
+        if c.is_transcoder:
+            bits.append(f"d_out={c.d_out}")
+        if c.k is not None:
+            bits.append(f"k={c.k}")
+        if c.hook_name:
+            bits.append(f"hook={c.hook_name}")
+        bits.append(f"dtype={dtype_to_str(self.dtype)}")
+        return ", ".join(bits)
+
+    # ------------------------------------------------------------------ input side
+
+    def _prepare_input(self, x: torch.Tensor) -> tuple[torch.Tensor, _InputState]:
+        """Flatten hook_z heads, normalise, scale and centre ``x``: returns ``x'`` (float32) and the state."""
+        cfg = self.cfg
+        state = _InputState()
+        if x.shape[-1] != cfg.d_in:
+            if (cfg.reshape_activations == "hook_z" and x.dim() >= 2
+                    and x.shape[-2] * x.shape[-1] == cfg.d_in):
+                state.head_shape = (x.shape[-2], x.shape[-1])
+                x = x.flatten(-2)
+            else:
+                raise ShapeMismatchError(
+                    f"input has last dimension {x.shape[-1]}, this SAE reads d_in={cfg.d_in}", field="d_in"
+                )
+        x = x.float()
+        norm = cfg.normalize_activations
+        if norm == "layer_norm":
+            state.mean = x.mean(-1, keepdim=True)
+            x = x - state.mean
+            state.scale = x.std(-1, keepdim=True)
+            x = x / (state.scale + 1e-5)
+        elif norm == "zscore":
+            state.mean = x.mean(-1, keepdim=True)
+            state.scale = x.std(-1, keepdim=True, correction=0) + 1e-5
+            x = (x - state.mean) / state.scale
+        elif norm == "constant_norm_rescale":
+            coeff = math.sqrt(cfg.d_in) / x.norm(dim=-1, keepdim=True)
+            state.scale = 1.0 / coeff
+            x = x * coeff
+        if cfg.norm_scaling_factor is not None:
+            x = x * cfg.norm_scaling_factor
+        if cfg.apply_b_dec_to_input:
+            x = x - self.b_dec.float()
+        return x, state
+
+    def _hidden_pre(self, xc: torch.Tensor) -> torch.Tensor:
+        """``x' @ W_enc`` in the weight dtype (fast), returned as float32."""
+        return (xc.to(self.W_enc.dtype) @ self.W_enc).float()
+
+    # ------------------------------------------------------------------ encode / decode
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense feature activations ``[..., d_sae]`` for activations ``x [..., d_in]``.
+
+        For per-token normalisations the statistics of this call are kept for the next :meth:`decode`
+        (as SAELens does), so ``sae.decode(sae.encode(x))`` reconstructs in the raw space.
+        """
+        f, state = self._encode(x)
+        self._last_input_state = state if _has_state(state) else None
+        return f
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, _InputState]:
+        cfg = self.cfg
+        xc, state = self._prepare_input(x)
+        xw = self._hidden_pre(xc)
+        if cfg.architecture == "gated":
+            gate = (xw + self.b_gate.float()) > 0
+            mag = F.relu(xw * self.r_mag.float().exp() + self.b_mag.float())
+            f = mag * gate
+        else:
+            z = xw + self.b_enc.float()
+            if cfg.architecture == "relu":
+                f = F.relu(z)
+            elif cfg.architecture == "jumprelu":
+                f = F.relu(z) * (z > self.threshold.float())
+            else:  # topk
+                if cfg.rescale_acts_by_decoder_norm:
+                    z = z * self.W_dec_norm
+                vals, idx = F.relu(z).topk(cfg.k, dim=-1, sorted=False)
+                f = torch.zeros_like(z).scatter_(-1, idx, vals)
+        return f.to(self.dtype), state
+
+    def encode_topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse topk encoding: ``(values [..., k], indices [..., k])``, no dense ``[..., d_sae]`` output.
+
+        Values are the same numbers :meth:`encode` puts at ``indices``. Pair with :meth:`decode_sparse`.
+        """
+        if self.cfg.architecture != "topk":
+            raise ConfigError(f"encode_topk needs a topk SAE, this one is {self.cfg.architecture}",
+                              field="architecture")
+        xc, state = self._prepare_input(x)
+        z = self._hidden_pre(xc) + self.b_enc.float()
+        if self.cfg.rescale_acts_by_decoder_norm:
+            z = z * self.W_dec_norm
+        vals, idx = F.relu(z).topk(self.cfg.k, dim=-1, sorted=False)
+        self._last_input_state = state if _has_state(state) else None
+        return vals.to(self.dtype), idx
+
+    def decode(self, f: torch.Tensor, *, input_state: _InputState | None = None) -> torch.Tensor:
+        """Reconstruction ``[..., d_out]`` (raw activation space) from dense features ``f [..., d_sae]``."""
+        if f.shape[-1] != self.cfg.d_sae:
+            raise ShapeMismatchError(
+                f"features have last dimension {f.shape[-1]}, this SAE has d_sae={self.cfg.d_sae}",
+                field="d_sae",
+            )
+        f = f.to(self.dtype)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            f = (f.float() / self.W_dec_norm).to(self.dtype)
+        out = (f @ self.W_dec).float() + self.b_dec.float()
+        return self._finish_output(out, input_state)
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, *,
+                      input_state: _InputState | None = None) -> torch.Tensor:
+        """Reconstruction from ``(values, indices)`` (as :meth:`encode_topk` returns) via ``embedding_bag``.
+
+        Costs O(k * d_out) per row instead of O(d_sae * d_out).
+        """
+        lead = values.shape[:-1]
+        vals = values.reshape(-1, values.shape[-1]).float()
+        idx = indices.reshape(-1, indices.shape[-1])
+        if self.cfg.rescale_acts_by_decoder_norm:
+            vals = vals / self.W_dec_norm[idx]
+        W = self.W_dec
+        out = F.embedding_bag(idx, W, per_sample_weights=vals.to(W.dtype), mode="sum").float()
+        out = (out + self.b_dec.float()).reshape(*lead, -1)
+        return self._finish_output(out, input_state)
+
+    def _finish_output(self, out: torch.Tensor, input_state: _InputState | None) -> torch.Tensor:
+        """Undo normalisation and scaling (float32), restore hook_z heads, cast to the SAE dtype."""
+        cfg = self.cfg
+        state = input_state if input_state is not None else self._last_input_state
+        scale_out = cfg.norm_scaling_factor_out or cfg.norm_scaling_factor
+        if scale_out is not None:
+            out = out / scale_out
+        if cfg.normalize_activations in PER_TOKEN_NORMALIZATIONS:
+            if state is None or state.scale is None or state.scale.shape[:-1] != out.shape[:-1]:
+                raise ConfigError(
+                    f"this SAE normalises each token ({cfg.normalize_activations}); decode needs the statistics "
+                    "of the matching encode call: call forward(x), or decode right after encode(x)",
+                    field="normalize_activations",
+                )
+            out = out * state.scale
+            if state.mean is not None:
+                out = out + state.mean
+        if state is not None and state.head_shape is not None and out.shape[-1] == cfg.d_in:
+            out = out.unflatten(-1, state.head_shape)
+        return out.to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of ``x`` (for transcoders: the predicted output activation)."""
+        f, state = self._encode(x)
+        out = self.decode(f, input_state=state)
+        if self.cfg.has_skip:
+            xs = x.flatten(-2) if state.head_shape is not None else x
+            out = out + (xs.to(self.dtype) @ self.W_skip.T)
+        return out
+
+    # ------------------------------------------------------------------ exact folds
+
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> SAE:
+        """Make decoder rows unit-norm, moving the norms into the encoder; reconstructions are unchanged.
+
+        Feature values get multiplied by ``||W_dec_j||``. For topk SAEs this is only exact when selection
+        already used the norms (``rescale_acts_by_decoder_norm``); otherwise it would change which features
+        fire, so it is refused.
+        """
+        cfg = self.cfg
+        if cfg.architecture == "topk" and not cfg.rescale_acts_by_decoder_norm:
+            raise UnsupportedSAEError(
+                "fold_W_dec_norm would change which features a topk SAE selects (selection is on z, not "
+                "z*||W_dec_j||); it is exact only for topk SAEs with rescale_acts_by_decoder_norm",
+                field="architecture",
+            )
+        n = self.W_dec_norm
+        self._scale_param("W_dec", 1.0 / n[:, None])
+        self._scale_param("W_enc", n[None, :])
+        for name in ("b_enc", "threshold", "b_gate", "b_mag"):
+            if hasattr(self, name):
+                self._scale_param(name, n)
+        if cfg.architecture == "topk":
+            cfg.rescale_acts_by_decoder_norm = False
+        cfg.record("fold_W_dec_norm")
+        return self
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float | None = None,
+                                            scaling_factor_out: float | None = None) -> SAE:
+        """Fold a constant input scaling into the weights so the SAE takes raw activations.
+
+        The SAE was trained on ``s_in * x`` and predicts ``s_out * y``. Afterwards ``W_enc`` is multiplied by
+        ``s_in`` and ``W_dec, b_dec`` divided by ``s_out``; features and reconstructions are unchanged.
+        With no argument, folds the factor the config records (``norm_scaling_factor``).
+        """
+        cfg = self.cfg
+        if scaling_factor is None:
+            if cfg.norm_scaling_factor is None:
+                raise ConfigError("no scaling factor given and none recorded in the config",
+                                  field="norm_scaling_factor")
+            s_in = cfg.norm_scaling_factor
+            s_out = cfg.norm_scaling_factor_out or s_in
+        else:
+            if cfg.norm_scaling_factor is not None and not math.isclose(cfg.norm_scaling_factor, scaling_factor):
+                raise ConfigError(
+                    f"the config already applies norm_scaling_factor={cfg.norm_scaling_factor} at run time; "
+                    f"folding {scaling_factor} as well would scale twice",
+                    field="norm_scaling_factor",
+                )
+            s_in = float(scaling_factor)
+            s_out = float(scaling_factor_out) if scaling_factor_out is not None else s_in
+        if not (s_in > 0 and s_out > 0 and math.isfinite(s_in) and math.isfinite(s_out)):
+            raise ConfigError(f"scaling factors must be positive and finite, got {s_in}, {s_out}",
+                              field="norm_scaling_factor")
+        if cfg.apply_b_dec_to_input and s_in != s_out:
+            self.fold_input_centering()
+        self._scale_param("W_enc", torch.tensor(s_in))
+        self._scale_param("W_dec", torch.tensor(1.0 / s_out))
+        self._scale_param("b_dec", torch.tensor(1.0 / s_out))
+        if cfg.has_skip:
+            self._scale_param("W_skip", torch.tensor(s_in / s_out))
+        cfg.norm_scaling_factor = None
+        cfg.norm_scaling_factor_out = None
+        if cfg.normalize_activations == "expected_average_only_in":
+            cfg.normalize_activations = "none"
+        cfg.record(f"fold_activation_norm_scaling_factor(s_in={s_in!r}, s_out={s_out!r})")
+        return self
+
+    @torch.no_grad()
+    def fold_input_centering(self) -> SAE:
+        """Move ``x - b_dec`` into the encoder bias (``b_enc -= b_dec @ W_enc``); outputs are unchanged."""
+        cfg = self.cfg
+        if not cfg.apply_b_dec_to_input:
+            return self
+        shift = self.b_dec.float() @ self.W_enc.float()
+        for name in ("b_enc", "b_gate"):
+            if hasattr(self, name):
+                p = getattr(self, name)
+                p.copy_((p.float() - shift).to(p.dtype))
+        if hasattr(self, "b_mag"):
+            self.b_mag.copy_((self.b_mag.float() - shift * self.r_mag.float().exp()).to(self.b_mag.dtype))
+        cfg.apply_b_dec_to_input = False
+        cfg.record("fold_input_centering")
+        return self
+
+    def _scale_param(self, name: str, factor: torch.Tensor) -> None:
+        p = getattr(self, name)
+        p.copy_((p.float() * factor.to(p.device)).to(p.dtype))
+
+    # ------------------------------------------------------------------ construction from tensors
+
+    @classmethod
+    def from_state_dict(cls, cfg: SAEConfig, state_dict: dict[str, torch.Tensor], *,
+                        device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                        source: str | None = None) -> SAE:
+        """Build an SAE around existing tensors without random init or an extra copy.
+
+        The module is created on the meta device and the given tensors are assigned as its parameters; a
+        copy happens only when ``dtype``/``device`` differ from the tensors'. Missing, unexpected or
+        mis-shaped tensors raise :class:`ShapeMismatchError` naming ``source`` and the key.
+        """
+        expected = param_shapes(cfg)
+        missing = [k for k in expected if k not in state_dict]
+        if missing:
+            raise ShapeMismatchError(
+                f"missing tensor(s) {missing} for a {cfg.architecture} SAE "
+                f"(found {sorted(state_dict)})", path=source, field=missing[0],
+            )
+        unexpected = [k for k in state_dict if k not in expected]
+        if unexpected:
+            raise ShapeMismatchError(
+                f"unexpected tensor(s) {unexpected} for a {cfg.architecture} SAE "
+                f"(expected {sorted(expected)})", path=source, field=unexpected[0],
+            )
+        for key, shape in expected.items():
+            if tuple(state_dict[key].shape) != shape:
+                raise ShapeMismatchError(
+                    f"tensor {key} has shape {list(state_dict[key].shape)}, the config "
+                    f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.d_out}) needs {list(shape)}",
+                    path=source, field=key,
+                )
+        target = dtype_from_str(dtype) if dtype is not None else state_dict["W_enc"].dtype
+        if dtype is not None and dtype_from_str(dtype) != state_dict["W_enc"].dtype:
+            cfg.record(f"cast {dtype_to_str(state_dict['W_enc'].dtype)}->{dtype_to_str(target)}")
+        with torch.device("meta"):
+            sae = cls(cfg, dtype=target)
+        tensors = {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
+        sae.load_state_dict(tensors, assign=True)
+        sae.cfg.dtype = dtype_to_str(target)
+        sae.cfg.device = str(torch.device(device))
+        return sae
+
+    # ------------------------------------------------------------------ disk and hub
+
+    def save_pretrained(self, path: str | os.PathLike[str], *,
+                        sparsity: torch.Tensor | None = None) -> Path:
+        """Write the native format (SAELens 6): ``cfg.json`` + ``sae_weights.safetensors``.
+
+        ``sparsity`` (log10 feature densities ``[d_sae]``) is written as ``sparsity.safetensors``. Files are
+        written to temp names and renamed, so an interrupted save never leaves a half-written checkpoint.
+        """
+        from sae_hub import __version__
+        from sae_hub.files import write_json_atomic, write_safetensors_atomic
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        write_safetensors_atomic(out / WEIGHTS_FILENAME, dict(self.state_dict()),
+                                 metadata={"format": "pt", "sae_hub_version": __version__})
+        if sparsity is not None:
+            if tuple(sparsity.shape) != (self.cfg.d_sae,):
+                raise ShapeMismatchError(f"sparsity must have shape [{self.cfg.d_sae}]", field="sparsity")
+            write_safetensors_atomic(out / SPARSITY_FILENAME, {"sparsity": sparsity.float()})
+        cfg = self.cfg.to_dict()
+        cfg["dtype"] = dtype_to_str(self.dtype)
+        cfg["device"] = str(self.device)
+        cfg["metadata"]["sae_hub_version"] = __version__
+        write_json_atomic(out / CONFIG_FILENAME, cfg)
+        return out
+
+    @classmethod
+    def load_from_disk(cls, path: str | os.PathLike[str], *, format: str | None = None,
+                       device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                       **options: Any) -> SAE:
+        """Load an SAE from a local folder or file, detecting its format unless ``format`` names a loader.
+
+        ``options`` go to the loader (e.g. ``top_k=`` for overcomplete state dicts); a loader rejects
+        options it does not know. Loading keeps the stored dtype unless ``dtype`` is given.
+        """
+        from sae_hub.loading import load_local
+
+        cfg, state_dict, source = load_local(path, format=format, options=options)
+        return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
+
+    @property
+    def provenance(self) -> Provenance:
+        return self.cfg.provenance
+
+
+def _has_state(state: _InputState) -> bool:
+    return state.scale is not None or state.head_shape is not None
