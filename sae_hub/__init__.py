@@ -34,11 +34,16 @@ _EXPORTS.update({name: "sae_hub.errors" for name in _ERRORS})
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from sae_hub.config import Provenance, SAEConfig
+    from sae_hub.config import Provenance as Provenance
+    from sae_hub.config import SAEConfig as SAEConfig
     from sae_hub.errors import *  # noqa: F403
-    from sae_hub.loading import detect_format, get_loader, list_loaders, register_loader
-    from sae_hub.sae import SAE
-    from sae_hub.splice import run_with_saes, splice
+    from sae_hub.loading import detect_format as detect_format
+    from sae_hub.loading import get_loader as get_loader
+    from sae_hub.loading import list_loaders as list_loaders
+    from sae_hub.loading import register_loader as register_loader
+    from sae_hub.sae import SAE as SAE
+    from sae_hub.splice import run_with_saes as run_with_saes
+    from sae_hub.splice import splice as splice
 
 
 def __getattr__(name: str) -> Any:

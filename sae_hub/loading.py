@@ -209,8 +209,8 @@ def load_local(
         prov.source_format = name
     if not prov.source_files:
         if p.is_dir():
-            names = [str(c.relative_to(p)) for c in p.rglob("*") if c.is_file()]
-            prov.source_files = [{"name": n} for n in loader.matching_files(names)]
+            names = sorted({str(c.relative_to(p)) for pat in loader.files for c in p.glob(pat) if c.is_file()})
+            prov.source_files = [{"name": n} for n in names]
         else:
             prov.source_files = [{"name": p.name}]
     return cfg, state_dict, str(p)

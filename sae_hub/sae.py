@@ -83,16 +83,21 @@ class SAE(nn.Module):
     b_dec: nn.Parameter
 
     def __init__(self, cfg: SAEConfig, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype | str | None = None) -> None:
+                 dtype: torch.dtype | str | None = None,
+                 _tensors: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self._last_input_state: _InputState | None = None
+        if _tensors is not None:  # from_state_dict: adopt validated tensors as they are (no init, no copy)
+            for name in param_shapes(cfg):
+                setattr(self, name, nn.Parameter(_tensors[name]))
+            return
         dt = dtype_from_str(dtype if dtype is not None else cfg.dtype)
         factory: dict[str, Any] = {"dtype": dt}
         if device is not None:
             factory["device"] = device
         for name, shape in param_shapes(cfg).items():
             setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
-        self._last_input_state: _InputState | None = None
         if self.W_enc.device.type != "meta":
             self.reset_parameters()
         self.cfg.dtype = dtype_to_str(dt)
@@ -387,9 +392,9 @@ class SAE(nn.Module):
                         source: str | None = None) -> SAE:
         """Build an SAE around existing tensors without random init or an extra copy.
 
-        The module is created on the meta device and the given tensors are assigned as its parameters; a
-        copy happens only when ``dtype``/``device`` differ from the tensors'. Missing, unexpected or
-        mis-shaped tensors raise :class:`ShapeMismatchError` naming ``source`` and the key.
+        No parameter is ever allocated: the given (e.g. memory-mapped) tensors become the parameters
+        directly, and a copy happens only when ``dtype``/``device`` differ from the tensors'. Missing,
+        unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``source`` and the key.
         """
         expected = param_shapes(cfg)
         missing = [k for k in expected if k not in state_dict]
@@ -414,13 +419,10 @@ class SAE(nn.Module):
         target = dtype_from_str(dtype) if dtype is not None else state_dict["W_enc"].dtype
         if dtype is not None and dtype_from_str(dtype) != state_dict["W_enc"].dtype:
             cfg.record(f"cast {dtype_to_str(state_dict['W_enc'].dtype)}->{dtype_to_str(target)}")
-        with torch.device("meta"):
-            sae = cls(cfg, dtype=target)
         tensors = {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
-        sae.load_state_dict(tensors, assign=True)
-        sae.cfg.dtype = dtype_to_str(target)
-        sae.cfg.device = str(torch.device(device))
-        return sae
+        cfg.dtype = dtype_to_str(target)
+        cfg.device = str(torch.device(device))
+        return cls(cfg, _tensors=tensors)
 
     # ------------------------------------------------------------------ disk and hub
 
