@@ -20,8 +20,8 @@ _EXPORTS: dict[str, str] = {
     "list_loaders": "sae_hub.loading",
     "get_loader": "sae_hub.loading",
     "detect_format": "sae_hub.loading",
-    "splice": "sae_hub.splice",
-    "run_with_saes": "sae_hub.splice",
+    "splice": "sae_hub.splicing",
+    "run_with_saes": "sae_hub.splicing",
 }
 _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from sae_hub.loading import list_loaders as list_loaders
     from sae_hub.loading import register_loader as register_loader
     from sae_hub.sae import SAE as SAE
-    from sae_hub.splice import run_with_saes as run_with_saes
-    from sae_hub.splice import splice as splice
+    from sae_hub.splicing import run_with_saes as run_with_saes
+    from sae_hub.splicing import splice as splice
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,419 @@
+"""Splicing SAEs into TransformerLens models, and reading their features off a forward pass.
+
+Two entry points:
+
+* :func:`splice` — a context manager under which the model's activation at each SAE's hook is replaced by the
+  SAE's reconstruction (transcoders: the output hook gets the prediction made from the input hook). The
+  yielded :class:`SpliceHandle` holds the features of the last forward pass and lets a callback edit them
+  before they are decoded (steering, ablation).
+* :func:`run_with_saes` — one forward pass that returns the features of one or several SAEs at once, dense
+  or sparse, stopping the model right after the last hook it needs unless asked to splice.
+
+Works with TransformerLens 4's ``TransformerBridge`` (after ``enable_compatibility_mode()``, which provides
+the HookedTransformer hook names and the ``[batch, pos, n_heads, d_head]`` shape of ``attn.hook_z``) and with
+TransformerLens 3's ``HookedTransformer``. Only the API both share is used:
+
+* ``model.hook_dict`` (name -> ``HookPoint``; on the bridge a property that also lists alias names),
+* ``HookPoint.add_hook(fn, dir="fwd", level=L)`` and ``HookPoint.remove_hooks("fwd", level=L)``: every hook
+  this module attaches carries a private context level, so exiting removes exactly those hooks, even when
+  the body raised, and leaves hooks the user attached (``model.hooks(...)``, permanent hooks) alone,
+* ``model.check_hooks_to_add`` (when present) so a gated hook (``hook_mlp_in``, ``attn.hook_result``...
+  that only fires after ``set_use_*(True)``) is refused instead of silently never firing,
+* ``model.to_tokens`` and ``model(tokens)``.
+
+transformer_lens itself is never imported here: the model object brings its own classes, so ``import sae_hub``
+stays free of transformer_lens / transformers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+
+from sae_hub.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sae_hub.sae import SAE
+
+__all__ = ["SpliceHandle", "run_with_saes", "splice"]
+
+SAEs = Union["SAE", Sequence["SAE"], Mapping[str, "SAE"]]
+FeatureEdit = Callable[[torch.Tensor], torch.Tensor | None]
+SparseFeatures = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
+
+# Context levels for our hooks: far above the small integers TransformerLens's own ``hooks()`` contexts use,
+# and unique per splice, so ``remove_hooks(level=...)`` removes ours and nothing else.
+_LEVELS = itertools.count(1 << 40)
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward pass once every needed activation has been read."""
+
+
+@dataclass
+class SpliceHandle:
+    """What :func:`splice` yields: the spliced SAEs, their features of the last forward pass, optional edits.
+
+    ``features[key]`` is the dense ``[..., d_sae]`` tensor that was decoded on the last forward (after any
+    edit), not detached, so under autograd it can be differentiated against (``retain_grad()``) — it is a
+    tensor of the graph, not a copy. ``edits[key]``, if set, is called with a copy of the clean features and
+    returns the features to decode instead (or ``None`` after editing that copy in place). Keys are the SAE's
+    ``hook_name``, or the names given when SAEs were passed as a dict. Entries can be changed between passes.
+    """
+
+    saes: dict[str, SAE]
+    use_error_term: bool = False
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    edits: dict[str, FeatureEdit] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _named_saes(saes: SAEs) -> dict[str, SAE]:
+    """Normalise one SAE, a sequence, or a ``{name: sae}`` mapping to ``{key: sae}``; check hook names."""
+    from sae_hub.sae import SAE
+
+    if isinstance(saes, SAE):
+        items: list[tuple[str | None, SAE]] = [(None, saes)]
+    elif isinstance(saes, Mapping):
+        items = [(str(k), v) for k, v in saes.items()]
+    else:
+        items = [(None, s) for s in saes]
+    if not items:
+        raise ConfigError("no SAEs given")
+    out: dict[str, SAE] = {}
+    for name, sae in items:
+        if not isinstance(sae, SAE):
+            raise ConfigError(f"expected sae_hub.SAE objects, got {type(sae).__name__}")
+        if not sae.cfg.hook_name:
+            raise ConfigError(
+                f"SAE {name or sae!r} has no hook_name, so there is no place in the model to read it from; "
+                "set sae.cfg.hook_name",
+                field="hook_name",
+            )
+        if sae.cfg.is_transcoder and sae.cfg.output_hook_name == sae.cfg.hook_name:
+            raise ConfigError(
+                f"transcoder on {sae.cfg.hook_name!r} writes d_out={sae.cfg.d_out} != d_in={sae.cfg.d_in} "
+                "but has no hook_name_out: set where its output belongs",
+                field="hook_name_out",
+            )
+        key = name if name is not None else sae.cfg.hook_name
+        if key in out:
+            raise ConfigError(
+                f"two SAEs would both be called {key!r}; pass a dict {{name: sae}} to name them",
+                field="hook_name",
+            )
+        out[key] = sae
+    return out
+
+
+def _hook_point(model: Any, hook_dict: Mapping[str, Any], name: str) -> Any:
+    """The model's HookPoint called ``name``; a ConfigError listing the closest names if there is none."""
+    hp = hook_dict.get(name)
+    if hp is None:
+        close = difflib.get_close_matches(name, list(hook_dict), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else (
+            f"; no close match among its {len(hook_dict)} hook points (see model.hook_dict)"
+        )
+        raise ConfigError(f"hook {name!r} is not a hook point of this model{hint}", field="hook_name")
+    return hp
+
+
+def _attach(model: Any, hp: Any, name: str, fn: Callable[..., Any], level: int) -> None:
+    """Attach ``fn`` directly to the HookPoint (called once per firing, with our private ``level``).
+
+    ``check_hooks_to_add`` refuses gated hook points (TransformerLens 4 raises ValueError, 3 AssertionError).
+    """
+    check = getattr(model, "check_hooks_to_add", None)
+    if check is not None:
+        try:
+            check(hp, name, fn, dir="fwd")
+        except (ValueError, AssertionError) as e:
+            raise ConfigError(f"cannot hook {name!r}: {e}", field="hook_name") from e
+        except TypeError:
+            pass  # a wrapper model with its own, differently shaped check: nothing we can ask it
+    hp.add_hook(fn, dir="fwd", level=level)
+
+
+@contextmanager
+def _hooks_attached(model: Any, hooks: list[tuple[str, Callable[..., Any]]]) -> Iterator[None]:
+    """Attach ``(hook_name, fn)`` pairs for the duration of the block; always removes exactly them."""
+    level = next(_LEVELS)
+    hook_dict = model.hook_dict  # a computed property on the bridge: fetch once
+    points = [(name, _hook_point(model, hook_dict, name), fn) for name, fn in hooks]
+    touched: list[Any] = []
+    try:
+        for name, hp, fn in points:
+            touched.append(hp)
+            _attach(model, hp, name, fn, level)
+        yield
+    finally:
+        for hp in {id(h): h for h in touched}.values():
+            hp.remove_hooks("fwd", level=level)
+
+
+class _Site:
+    """How one SAE reads from (and writes to) its activations.
+
+    Handles the three layouts an SAE meets: a flat ``[..., d]`` activation; a per-head one
+    ``[..., n_heads, d_head]`` (``attn.hook_z``) that a whole-layer SAE reads flattened; and a single head
+    ``hook_head_index`` of a per-head activation (the head axis is ``-2``, as in TransformerLens's
+    ``hook_z``/``hook_q``/``hook_k``/``hook_v``).
+    """
+
+    def __init__(self, sae: SAE) -> None:
+        self.sae = sae
+        self.head = sae.cfg.hook_head_index
+
+    def read(self, act: torch.Tensor, width: int) -> torch.Tensor:
+        """The ``[..., width]`` SAE-space view of a hook activation (on the SAE's device)."""
+        x = act
+        if self.head is not None:
+            if x.dim() < 2 or not -x.shape[-2] <= self.head < x.shape[-2]:
+                raise ConfigError(
+                    f"hook_head_index={self.head} needs a per-head activation [..., n_heads, d_head]; "
+                    f"{self.sae.cfg.hook_name!r} has shape {list(act.shape)}",
+                    field="hook_head_index",
+                )
+            x = x[..., self.head, :]
+        elif x.shape[-1] != width and x.dim() >= 2 and x.shape[-2] * x.shape[-1] == width:
+            x = x.flatten(-2)  # [..., n_heads, d_head] -> [..., n_heads * d_head]
+        if x.shape[-1] != width:
+            raise ConfigError(
+                f"the activation at {self.sae.cfg.hook_name!r} has shape {list(act.shape)}, which does not "
+                f"fit this SAE's width {width}",
+                field="d_in",
+            )
+        return x.to(self.sae.device)
+
+    def write(self, act: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``act`` with the SAE-space tensor ``new`` put back in its place, in ``act``'s dtype and device."""
+        new = new.to(device=act.device, dtype=act.dtype)
+        if self.head is not None:
+            out = act.clone()
+            out[..., self.head, :] = new
+            return out
+        return new.reshape(act.shape)
+
+
+def _reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor, state: Any) -> torch.Tensor:
+    """``decode(f)`` plus the skip connection: equals ``sae(x)`` when ``f == sae.encode(x)``.
+
+    ``state`` is what the ``encode`` call that produced ``f`` recorded (per-token normalisation statistics),
+    passed explicitly so an edit callback that runs the SAE in between cannot swap it.
+    """
+    out = sae.decode(f, input_state=state)
+    if sae.cfg.has_skip:
+        out = out + (x.to(sae.dtype) @ sae.W_skip.T).reshape(out.shape)
+    return out
+
+
+def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
+    """The hooks that implement a splice: one per SAE, two for a transcoder (read input, write output)."""
+    hooks: list[tuple[str, Callable[..., Any]]] = []
+    for key, sae in handle.saes.items():
+        site = _Site(sae)
+
+        def encode_decode(act: torch.Tensor, key: str = key, sae: SAE = sae,
+                          site: _Site = site) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """SAE input, reconstruction from the (possibly edited) features, clean reconstruction."""
+            x = site.read(act, sae.cfg.d_in)
+            f = sae.encode(x)
+            state = sae._last_input_state
+            edit = handle.edits.get(key)
+            if edit is None:
+                handle.features[key] = f
+                recon = _reconstruct(sae, x, f, state)
+                return x, recon, recon
+            f_edit = f.clone()
+            result = edit(f_edit)
+            f_edit = result if result is not None else f_edit
+            handle.features[key] = f_edit
+            recon = _reconstruct(sae, x, f_edit, state)
+            clean = _reconstruct(sae, x, f, state) if handle.use_error_term else recon
+            return x, recon, clean
+
+        if not sae.cfg.is_transcoder:
+
+            def replace(act: torch.Tensor, hook: Any, encode_decode: Callable[..., Any] = encode_decode,
+                        site: _Site = site) -> torch.Tensor:
+                x, recon, clean = encode_decode(act)
+                if handle.use_error_term:
+                    # The error is measured against the *clean* reconstruction, so edits still move the
+                    # output and no edit gives back the model's own activation (up to float rounding).
+                    recon = recon.float() + (x.float() - clean.float()).detach()
+                return site.write(act, recon)
+
+            hooks.append((str(sae.cfg.hook_name), replace))
+            continue
+
+        pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def read_input(act: torch.Tensor, hook: Any, encode_decode: Callable[..., Any] = encode_decode,
+                       pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = pending) -> None:
+            _, recon, clean = encode_decode(act)
+            pending["out"] = (recon, clean)
+
+        def write_output(act: torch.Tensor, hook: Any,
+                         pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = pending,
+                         site: _Site = site, sae: SAE = sae) -> torch.Tensor:
+            if "out" not in pending:
+                raise ConfigError(
+                    f"the transcoder's output hook {sae.cfg.hook_name_out!r} fired before its input hook "
+                    f"{sae.cfg.hook_name!r} (or the input hook never fired)",
+                    field="hook_name_out",
+                )
+            recon, clean = pending.pop("out")
+            if handle.use_error_term:
+                y = site.read(act, int(sae.cfg.d_out or sae.cfg.d_in))
+                recon = recon.float() + (y.float() - clean.float()).detach()
+            return site.write(act, recon)
+
+        hooks.append((str(sae.cfg.hook_name), read_input))
+        hooks.append((str(sae.cfg.output_hook_name), write_output))
+    return hooks
+
+
+# ------------------------------------------------------------------------------------------------ public API
+
+
+@contextmanager
+def splice(model: Any, saes: SAEs, *, use_error_term: bool = False,
+           edits: Mapping[str, FeatureEdit] | None = None) -> Iterator[SpliceHandle]:
+    """Within the block, the model runs with each SAE's reconstruction in place of its activation.
+
+    ``saes`` is one SAE, a list, or ``{name: sae}``; handle keys are the names, else each ``cfg.hook_name``.
+    For a transcoder (``hook_name_out`` differs from ``hook_name``) the input is read at ``hook_name`` and the
+    activation at ``hook_name_out`` is replaced by the prediction. Several SAEs on one hook are applied in the
+    order given, each reading what the previous one wrote.
+
+    ``use_error_term=True`` adds back the SAE's error, ``(x - sae(x)).detach()``, so the model's outputs are
+    unchanged (up to float rounding) while the features sit on the forward path: they can be read, edited
+    (``edits``) and differentiated, which is what attribution and steering experiments need.
+
+    Reconstructions are cast to the activation's dtype and device (the SAE may live elsewhere, e.g. fp32
+    SAE on a bf16 model). The hooks are attached straight to the model's HookPoints under a private context
+    level and are removed on exit, also when the block raises; hooks the user attached are untouched.
+
+    Example::
+
+        with splice(model, [sae_a, sae_b], use_error_term=True) as sp:
+            sp.edits[sae_a.cfg.hook_name] = lambda f: f.index_fill_(-1, torch.tensor([12]), 0.0)
+            logits = model(tokens)
+        sp.features[sae_b.cfg.hook_name]   # [batch, pos, d_sae] of the last forward
+    """
+    named = _named_saes(saes)
+    handle = SpliceHandle(saes=named, use_error_term=use_error_term, edits=dict(edits or {}))
+    unknown = set(handle.edits) - set(named)
+    if unknown:
+        raise ConfigError(f"edits for unknown SAE key(s) {sorted(unknown)}; keys are {sorted(named)}")
+    with _hooks_attached(model, _splice_hooks(handle)):
+        yield handle
+
+
+_splice = splice  # run_with_saes has a parameter called ``splice``
+
+
+def run_with_saes(
+    model: Any,
+    tokens_or_text: str | Sequence[str] | torch.Tensor,
+    saes: SAEs,
+    *,
+    sparse: bool = False,
+    splice: bool = False,
+    use_error_term: bool = False,
+    stop_early: bool = True,
+    prepend_bos: bool | None = None,
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Run the model once and return ``(logits or None, {key: features})`` for one or several SAEs.
+
+    Features are dense ``[batch, pos, d_sae]``, or with ``sparse=True``: ``(values, indices)`` of shape
+    ``[batch, pos, k]`` for topk SAEs (from ``encode_topk``, never materialising the dense tensor when not
+    splicing), and a coalesced ``torch.sparse_coo`` tensor ``[batch, pos, d_sae]`` for the others (their
+    sparsity is data-dependent, so there is no fixed-width form). Keys as in :func:`splice`.
+
+    Without ``splice`` the model is only read, and with ``stop_early`` (default) the forward pass is cut as
+    soon as every SAE's input hook has fired (reading a layer-3 SAE on a 40-layer model costs 4 layers);
+    the logits are then ``None``. With ``splice=True`` the reconstructions replace the activations (see
+    :func:`splice`, ``use_error_term``) and the full pass runs, returning logits.
+
+    Text (a string or list of strings) is tokenised with ``model.to_tokens`` (``prepend_bos`` passed on when
+    given); a token tensor is used as is. Runs under ``torch.no_grad()``; use :func:`splice` for gradients.
+    A hook that never fires during the pass (TransformerLens lists a few that a given architecture never
+    calls) raises :class:`~sae_hub.errors.ConfigError` rather than returning nothing.
+    """
+    named = _named_saes(saes)
+    if isinstance(tokens_or_text, torch.Tensor):
+        tokens = tokens_or_text
+    else:
+        text = tokens_or_text if isinstance(tokens_or_text, str) else list(tokens_or_text)
+        kwargs = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+        tokens = model.to_tokens(text, **kwargs)
+
+    with torch.no_grad():
+        if splice:
+            with _splice(model, named, use_error_term=use_error_term) as handle:
+                logits = model(tokens)
+            missing = [k for k in named if k not in handle.features]
+            _check_fired(named, missing)
+            feats: dict[str, Any] = {}
+            for key, sae in named.items():
+                f = handle.features[key].detach()
+                feats[key] = _to_sparse(sae, f) if sparse else f
+            return logits, feats
+
+        feats = {}
+        waiting = set(named)
+        hooks: list[tuple[str, Callable[..., Any]]] = []
+        for key, sae in named.items():
+            site = _Site(sae)
+            use_topk = sparse and sae.cfg.architecture == "topk"
+
+            def read(act: torch.Tensor, hook: Any, key: str = key, sae: SAE = sae, site: _Site = site,
+                     use_topk: bool = use_topk) -> None:
+                x = site.read(act, sae.cfg.d_in)
+                if use_topk:
+                    feats[key] = sae.encode_topk(x)
+                else:
+                    f = sae.encode(x)
+                    feats[key] = f.to_sparse().coalesce() if sparse else f
+                waiting.discard(key)
+                if stop_early and not waiting:
+                    raise _StopForward
+
+            hooks.append((str(sae.cfg.hook_name), read))
+
+        logits: torch.Tensor | None = None
+        with _hooks_attached(model, hooks):
+            try:
+                out = model(tokens)
+                logits = None if stop_early else out
+            except _StopForward:
+                pass
+        _check_fired(named, sorted(waiting))
+        return logits, feats
+
+
+def _to_sparse(sae: SAE, f: torch.Tensor) -> SparseFeatures:
+    """Dense features -> the sparse form :func:`run_with_saes` documents for this SAE."""
+    if sae.cfg.architecture == "topk":
+        vals, idx = f.topk(int(sae.cfg.k or 0), dim=-1, sorted=False)
+        return vals, idx
+    return f.to_sparse().coalesce()
+
+
+def _check_fired(named: Mapping[str, SAE], missing: Sequence[str]) -> None:
+    if missing:
+        hooks = sorted({str(named[k].cfg.hook_name) for k in missing})
+        raise ConfigError(
+            f"hook(s) {hooks} never fired during the forward pass: this model does not call them (some "
+            "TransformerLens hook points exist for other architectures only)",
+            field="hook_name",
+        )
