@@ -35,16 +35,22 @@ def has_torch(python: str | Path) -> bool:
     return subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode == 0
 
 
-def ensure_venv(extras: str) -> Path:
-    py = VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+# A second environment with the peers themselves (SAELens 6.54 brings TransformerLens 3): tests/compat proves
+# that SAELens loads what sae-hub saves and that splicing works on a TransformerLens 3 HookedTransformer.
+COMPAT_VENV = Path(os.environ.get("SAE_HUB_COMPAT_VENV", ROOT / ".venv-compat"))
+COMPAT_REQUIREMENTS = ("sae-lens==6.54.12", "pytest>=8")
+
+
+def ensure_venv(extras: str, *, venv_dir: Path = VENV, extra_requirements: tuple[str, ...] = ()) -> Path:
+    py = venv_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
     if not py.exists():
         system_torch = has_torch(sys.executable)
-        print(f"creating {VENV} (system torch {'found, kept' if system_torch else 'absent'})", flush=True)
-        venv.EnvBuilder(with_pip=True, system_site_packages=system_torch).create(VENV)
+        print(f"creating {venv_dir} (system torch {'found, kept' if system_torch else 'absent'})", flush=True)
+        venv.EnvBuilder(with_pip=True, system_site_packages=system_torch).create(venv_dir)
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     if not has_torch(py):
         run(*pip, TORCH_PIN)
-    run(*pip, "-e", f".[{extras}]" if extras else ".")
+    run(*pip, *extra_requirements, "-e", f".[{extras}]" if extras else ".")
     return py
 
 
@@ -59,6 +65,9 @@ def main() -> int:
         run(py, "-m", "ruff", "check", ".")
         # pytest exits 5 when it collects nothing; check=True turns that (and any failure) into an error.
         run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sys.argv[2:])
+        if not sys.argv[2:]:
+            compat = ensure_venv("", venv_dir=COMPAT_VENV, extra_requirements=COMPAT_REQUIREMENTS)
+            run(compat, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/compat")
     else:
         print(f"unknown job {job!r}; use 'demo' or 'test'", file=sys.stderr)
         return 2

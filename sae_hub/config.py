@@ -50,6 +50,8 @@ _FROM_SAELENS: dict[str, tuple[str, bool, bool]] = {
     "topk_skip_transcoder": ("topk", True, True),
 }
 
+SAELENS_SCHEMA_VERSION = "6.0.0"
+
 _METADATA_FIELDS = (
     "model_name",
     "hook_name",
@@ -216,6 +218,9 @@ class SAEConfig:
             out["k"] = self.k
             out["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
         meta: dict[str, Any] = dict(self.extra)
+        # SAELens reads a config without this key as the flat pre-6 layout and drops the metadata block, so
+        # it declares the schema generation (not which library wrote the file).
+        meta.setdefault("sae_lens_version", SAELENS_SCHEMA_VERSION)
         for name in _METADATA_FIELDS:
             meta[name] = getattr(self, name)
         if self.norm_scaling_factor is not None:

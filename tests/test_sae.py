@@ -286,7 +286,11 @@ def test_config_dict_round_trip_keeps_metadata_and_provenance():
     cfg.record("fold_W_dec_norm")
     d = cfg.to_dict()
     assert d["architecture"] == "topk" and d["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
-    assert SAEConfig.from_dict(d) == cfg
+    assert d["metadata"]["sae_lens_version"] == "6.0.0"  # without it SAELens reads the file as pre-6
+    back = SAEConfig.from_dict(d)
+    assert back.extra.pop("sae_lens_version") == "6.0.0"
+    assert back == cfg
+    assert SAEConfig.from_dict(back.to_dict()).to_dict() == d
 
 
 def test_saelens_architecture_names():
