@@ -28,12 +28,22 @@ def detect(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
+def load_config(path: Path, options: dict[str, Any]) -> SAEConfig:
+    """The config alone, from ``cfg.json``."""
+    folder = path if path.is_dir() else path.parent
+    cfg = SAEConfig.from_dict(read_json(folder / CONFIG), path=str(folder / CONFIG))
+    factor = options.get("norm_scaling_factor")
+    if factor is not None:
+        cfg.norm_scaling_factor = float(factor)
+    return cfg
+
+
 @register_loader("saelens", files=[CONFIG, WEIGHTS, "sparsity.safetensors"], detect=detect,
-                 options=["norm_scaling_factor"])
+                 options=["norm_scaling_factor"], config_files=[CONFIG], load_config=load_config)
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """SAELens 6 / pre-6 folder (also the native sae-hub format)."""
     folder = path if path.is_dir() else path.parent
-    cfg = SAEConfig.from_dict(read_json(folder / CONFIG), path=str(folder / CONFIG))
+    cfg = load_config(path, options)
     tensors, _ = read_safetensors(folder / WEIGHTS)
     if "log_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = tensors.pop("log_threshold").float().exp().to(tensors["W_enc"].dtype)
@@ -43,9 +53,6 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
         W = tensors["W_dec"]
         tensors["W_dec"] = (W.float() * scale.float()[:, None]).to(W.dtype)
         cfg.record("W_dec rows *= scaling_factor (pre-6 finetuning scale)")
-    factor = options.get("norm_scaling_factor")
-    if factor is not None:
-        cfg.norm_scaling_factor = float(factor)
     if cfg.normalize_activations == "expected_average_only_in" and cfg.norm_scaling_factor is None:
         warnings.warn(
             f"{folder}: normalize_activations='expected_average_only_in' but no norm_scaling_factor is known, "

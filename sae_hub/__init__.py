@@ -20,6 +20,8 @@ _EXPORTS: dict[str, str] = {
     "list_loaders": "sae_hub.loading",
     "get_loader": "sae_hub.loading",
     "detect_format": "sae_hub.loading",
+    "list_releases": "sae_hub.releases",
+    "list_saes": "sae_hub.releases",
     "splice": "sae_hub.splicing",
     "run_with_saes": "sae_hub.splicing",
 }
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
     from sae_hub.loading import get_loader as get_loader
     from sae_hub.loading import list_loaders as list_loaders
     from sae_hub.loading import register_loader as register_loader
+    from sae_hub.releases import list_releases as list_releases
+    from sae_hub.releases import list_saes as list_saes
     from sae_hub.sae import SAE as SAE
     from sae_hub.splicing import run_with_saes as run_with_saes
     from sae_hub.splicing import splice as splice

@@ -103,7 +103,8 @@ class SAEConfig:
     d_out: int | None = None
     k: int | None = None
     apply_b_dec_to_input: bool = False
-    rescale_acts_by_decoder_norm: bool = False
+    rescale_acts_by_decoder_norm: bool = False  # topk: select on z*||W_dec_j||, report z*||W_dec_j|| (SAELens)
+    rank_by_decoder_norm: bool = False  # topk: select on z*||W_dec_j||, report z (lm-saes decoder-norm sparsity)
     has_skip: bool = False
     normalize_activations: str = "none"
     norm_scaling_factor: float | None = None
@@ -146,9 +147,12 @@ class SAEConfig:
             if float(self.k) != int(self.k) or int(self.k) <= 0 or int(self.k) > self.d_sae:
                 raise ConfigError(f"k must be an integer in [1, d_sae={self.d_sae}], got {self.k!r}", field="k")
             self.k = int(self.k)
-        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
-            raise ConfigError("rescale_acts_by_decoder_norm is defined for topk SAEs only",
-                              field="rescale_acts_by_decoder_norm")
+        for flag in ("rescale_acts_by_decoder_norm", "rank_by_decoder_norm"):
+            if getattr(self, flag) and self.architecture != "topk":
+                raise ConfigError(f"{flag} is defined for topk SAEs only", field=flag)
+        if self.rescale_acts_by_decoder_norm and self.rank_by_decoder_norm:
+            raise ConfigError("rescale_acts_by_decoder_norm and rank_by_decoder_norm exclude each other",
+                              field="rank_by_decoder_norm")
         if self.normalize_activations not in NORMALIZATIONS:
             raise ConfigError(
                 f"unknown normalize_activations {self.normalize_activations!r}; "
@@ -195,10 +199,13 @@ class SAEConfig:
 
     def saelens_architecture(self) -> str:
         """The ``architecture`` string SAELens 6 uses for this SAE."""
+        base = self.architecture
+        if self.rank_by_decoder_norm:  # no SAELens equivalent: a name SAELens refuses instead of misreading
+            base = "topk_rank_by_decoder_norm"
         if self.is_transcoder or self.has_skip:
-            base = {"relu": "", "jumprelu": "jumprelu_", "topk": "topk_", "gated": "gated_"}[self.architecture]
-            return f"{base}{'skip_' if self.has_skip else ''}transcoder"
-        return "standard" if self.architecture == "relu" else self.architecture
+            prefix = "" if base == "relu" else f"{base}_"
+            return f"{prefix}{'skip_' if self.has_skip else ''}transcoder"
+        return "standard" if base == "relu" else base
 
     def to_dict(self) -> dict[str, Any]:
         """SAELens 6 ``cfg.json`` layout: SAELens's fields on top, everything else inside ``metadata``."""
@@ -250,6 +257,9 @@ class SAEConfig:
                     continue
                 raise ConfigError(f"missing required field {name!r}", path=path, field=name)
         arch_name = str(d.get("architecture", "standard"))
+        rank_by_norm = arch_name.startswith("topk_rank_by_decoder_norm")
+        if rank_by_norm:
+            arch_name = "topk" + arch_name.removeprefix("topk_rank_by_decoder_norm")
         if arch_name not in _FROM_SAELENS:
             raise UnknownArchitectureError(
                 f"unknown architecture {arch_name!r}; sae-hub reads "
@@ -279,6 +289,7 @@ class SAEConfig:
                 rescale_acts_by_decoder_norm=bool(d.get("rescale_acts_by_decoder_norm", False))
                 if arch == "topk"
                 else False,
+                rank_by_decoder_norm=rank_by_norm,
                 has_skip=has_skip,
                 normalize_activations=str(norm),
                 norm_scaling_factor=meta.get("norm_scaling_factor"),

@@ -41,6 +41,7 @@ __all__ = ["Loader", "detect_format", "get_loader", "list_loaders", "load_local"
 
 LoadFn = Callable[[Path, dict[str, Any]], "tuple[SAEConfig, dict[str, torch.Tensor]]"]
 DetectFn = Callable[[Path], bool]
+ConfigFn = Callable[[Path, dict[str, Any]], "SAEConfig"]
 
 ENTRY_POINT_GROUP = "sae_hub.loaders"
 
@@ -55,6 +56,8 @@ class Loader:
     files: tuple[str, ...]
     options: tuple[str, ...] = ()
     description: str = ""
+    config_files: tuple[str, ...] = ()
+    load_config: ConfigFn | None = None
 
     def matching_files(self, names: Iterable[str]) -> list[str]:
         """Which of ``names`` (paths relative to an SAE folder) this format may read."""
@@ -73,13 +76,17 @@ def register_loader(
     options: Iterable[str] = (),
     description: str | None = None,
     replace: bool = False,
+    config_files: Iterable[str] = (),
+    load_config: ConfigFn | None = None,
 ) -> Callable[[LoadFn], LoadFn]:
     """Decorator registering ``load(path, options) -> (SAEConfig, state_dict)`` as format ``name``.
 
     ``files`` are glob patterns, relative to the SAE folder, of every file the loader may read; ``detect``
     says whether a local folder/file is in this format; ``options`` are the keyword options it accepts
     (anything else passed to ``load_from_disk`` is rejected). Registering a taken name is an error unless
-    ``replace=True``.
+    ``replace=True``. Formats whose config can be read without the weights also give ``config_files`` (the
+    patterns of those files) and ``load_config(path, options) -> SAEConfig``, so ``SAE.get_config`` fetches
+    only those.
     """
     if not name or not isinstance(name, str):
         raise LoaderRegistrationError(f"a loader needs a non-empty string name, got {name!r}")
@@ -99,7 +106,7 @@ def register_loader(
                 "pass replace=True to override it"
             )
         doc = description if description is not None else (fn.__doc__ or "").strip().split("\n")[0]
-        _LOADERS[name] = Loader(name, fn, detect, patterns, tuple(options), doc)
+        _LOADERS[name] = Loader(name, fn, detect, patterns, tuple(options), doc, tuple(config_files), load_config)
         return fn
 
     return decorator
@@ -179,6 +186,34 @@ def detect_format(path: str | Path) -> str:
     )
 
 
+def _checked_options(loader: Loader, p: Path, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(loader.options))
+    if unknown:
+        accepted = ", ".join(loader.options) or "none"
+        raise ConfigError(f"loader {loader.name!r} does not take option(s) {unknown}; it accepts: {accepted}",
+                          path=p, field=unknown[0])
+    return opts
+
+
+def load_local_config(path: str | Path, *, format: str, options: Mapping[str, Any] | None = None) -> SAEConfig:
+    """Only the config, through the loader's ``load_config`` (no weights read)."""
+    p = Path(path)
+    loader = get_loader(format)
+    if loader.load_config is None:
+        raise ConfigError(f"loader {format!r} cannot read a config without the weights", field="format")
+    opts = _checked_options(loader, p, options)
+    try:
+        cfg = loader.load_config(p, opts)
+    except SaeHubError:
+        raise
+    except Exception as e:
+        raise CorruptFileError(f"loader {format!r} could not read this: {type(e).__name__}: {e}", path=p) from e
+    if cfg.provenance.source_format is None:
+        cfg.provenance.source_format = format
+    return cfg
+
+
 def load_local(
     path: str | Path, *, format: str | None = None, options: Mapping[str, Any] | None = None
 ) -> tuple[SAEConfig, dict[str, torch.Tensor], str]:
@@ -192,12 +227,7 @@ def load_local(
         raise MissingFileError("no such file or folder", path=p)
     name = format if format is not None else detect_format(p)
     loader = get_loader(name)
-    opts = dict(options or {})
-    unknown = sorted(set(opts) - set(loader.options))
-    if unknown:
-        accepted = ", ".join(loader.options) or "none"
-        raise ConfigError(f"loader {name!r} does not take option(s) {unknown}; it accepts: {accepted}",
-                          path=p, field=unknown[0])
+    opts = _checked_options(loader, p, options)
     try:
         cfg, state_dict = loader.load(p, opts)
     except SaeHubError:

@@ -7,8 +7,9 @@ Canonical semantics (every loader converts into exactly this; see ``../shared`` 
     z    = x' @ W_enc + b_enc
     f    = relu(z)                                    relu
          = relu(z) * (z > threshold)                  jumprelu
-         = the k largest of relu(z) per row, rest 0   topk   (selected on z * ||W_dec_j|| if
-                                                               rescale_acts_by_decoder_norm, SAELens-style)
+         = the k largest of relu(z) per row, rest 0   topk   (ranked on z * ||W_dec_j|| if
+                                                               rescale_acts_by_decoder_norm (values z * ||W_dec_j||,
+                                                               SAELens) or rank_by_decoder_norm (values z, lm-saes))
          = (x' @ W_enc + b_gate > 0) * relu((x' @ W_enc) * exp(r_mag) + b_mag)      gated (no b_enc)
     decode(f) = denormalize(f @ W_dec + b_dec)
     forward(x) = decode(encode(x)) [+ x @ W_skip.T for skip transcoders]
@@ -212,11 +213,19 @@ class SAE(nn.Module):
             elif cfg.architecture == "jumprelu":
                 f = F.relu(z) * (z > self.threshold.float())
             else:  # topk
-                if cfg.rescale_acts_by_decoder_norm:
-                    z = z * self.W_dec_norm
-                vals, idx = F.relu(z).topk(cfg.k, dim=-1, sorted=False)
+                vals, idx = self._select_topk(z)
                 f = torch.zeros_like(z).scatter_(-1, idx, vals)
         return f.to(self.dtype), state
+
+    def _select_topk(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of relu(z) in float32, ranked on z * ||W_dec_j|| when a decoder-norm flag says so."""
+        k = int(self.cfg.k or 0)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            return F.relu(z * self.W_dec_norm).topk(k, dim=-1, sorted=False)
+        if self.cfg.rank_by_decoder_norm:
+            idx = F.relu(z * self.W_dec_norm).topk(k, dim=-1, sorted=False).indices
+            return F.relu(z).gather(-1, idx), idx
+        return F.relu(z).topk(k, dim=-1, sorted=False)
 
     def encode_topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse topk encoding: ``(values [..., k], indices [..., k])``, no dense ``[..., d_sae]`` output.
@@ -227,10 +236,7 @@ class SAE(nn.Module):
             raise ConfigError(f"encode_topk needs a topk SAE, this one is {self.cfg.architecture}",
                               field="architecture")
         xc, state = self._prepare_input(x)
-        z = self._hidden_pre(xc) + self.b_enc.float()
-        if self.cfg.rescale_acts_by_decoder_norm:
-            z = z * self.W_dec_norm
-        vals, idx = F.relu(z).topk(self.cfg.k, dim=-1, sorted=False)
+        vals, idx = self._select_topk(self._hidden_pre(xc) + self.b_enc.float())
         self._last_input_state = state if _has_state(state) else None
         return vals.to(self.dtype), idx
 
@@ -304,10 +310,11 @@ class SAE(nn.Module):
         fire, so it is refused.
         """
         cfg = self.cfg
-        if cfg.architecture == "topk" and not cfg.rescale_acts_by_decoder_norm:
+        if cfg.architecture == "topk" and not (cfg.rescale_acts_by_decoder_norm or cfg.rank_by_decoder_norm):
             raise UnsupportedSAEError(
                 "fold_W_dec_norm would change which features a topk SAE selects (selection is on z, not "
-                "z*||W_dec_j||); it is exact only for topk SAEs with rescale_acts_by_decoder_norm",
+                "z*||W_dec_j||); it is exact only for topk SAEs ranked by decoder norm "
+                "(rescale_acts_by_decoder_norm or rank_by_decoder_norm)",
                 field="architecture",
             )
         n = self.W_dec_norm
@@ -318,6 +325,7 @@ class SAE(nn.Module):
                 self._scale_param(name, n)
         if cfg.architecture == "topk":
             cfg.rescale_acts_by_decoder_norm = False
+            cfg.rank_by_decoder_norm = False
         cfg.record("fold_W_dec_norm")
         return self
 
@@ -464,6 +472,37 @@ class SAE(nn.Module):
 
         cfg, state_dict, source = load_local(path, format=format, options=options)
         return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
+
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, revision: str | None = None,
+                        force_download: bool = False, local_files_only: bool | None = None,
+                        **options: Any) -> SAE:
+        """Load SAE ``sae_id`` of a registry ``release`` (SAELens's names) or of a Hub repo id ``org/name``.
+
+        Goes through huggingface_hub (cache, ``revision``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, tokens) and
+        fetches only the files the format needs; see :func:`sae_hub.hub.from_pretrained`.
+        """
+        from sae_hub.hub import from_pretrained
+
+        return from_pretrained(release, sae_id, device=device, dtype=dtype, revision=revision,
+                               force_download=force_download, local_files_only=local_files_only, **options)
+
+    @staticmethod
+    def get_config(release: str, sae_id: str, **kwargs: Any) -> SAEConfig:
+        """The config of a published SAE without loading (for most formats: without fetching) its weights."""
+        from sae_hub.hub import get_config
+
+        return get_config(release, sae_id, **kwargs)
+
+    def push_to_hub(self, repo_id: str, path_in_repo: str | None = None, *, revision: str | None = None,
+                    private: bool | None = None, commit_message: str | None = None, token: str | None = None,
+                    sparsity: torch.Tensor | None = None) -> str:
+        """Upload this SAE (native format + model card) to a Hub repo; returns the commit URL."""
+        from sae_hub.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, path_in_repo, revision=revision, private=private,
+                           commit_message=commit_message, token=token, sparsity=sparsity)
 
     @property
     def provenance(self) -> Provenance:

@@ -42,9 +42,12 @@ def reference_codes(sae: SAE, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(z)
     if c.architecture == "jumprelu":
         return torch.relu(z) * (z > sae.threshold)
+    out = torch.zeros_like(z)
+    if c.rank_by_decoder_norm:  # ranked on z*n, reported as z
+        idx = torch.relu(z * sae.W_dec.norm(dim=-1)).topk(c.k, dim=-1).indices
+        return out.scatter(-1, idx, torch.relu(z).gather(-1, idx))
     if c.rescale_acts_by_decoder_norm:
         z = z * sae.W_dec.norm(dim=-1)
-    out = torch.zeros_like(z)
     vals, idx = torch.relu(z).topk(c.k, dim=-1)
     return out.scatter(-1, idx, vals)
 
@@ -62,6 +65,7 @@ CASES = [
     ("jumprelu", {"apply_b_dec_to_input": True}),
     ("topk", {"k": 5}),
     ("topk", {"k": 5, "apply_b_dec_to_input": True, "rescale_acts_by_decoder_norm": True}),
+    ("topk", {"k": 5, "rank_by_decoder_norm": True}),
     ("gated", {"apply_b_dec_to_input": True}),
 ]
 
@@ -88,9 +92,9 @@ def test_topk_keeps_exactly_k_and_leading_dims():
     torch.testing.assert_close(f.reshape(10, 40), reference_codes(sae, x.reshape(10, 12)))
 
 
-@pytest.mark.parametrize("rescale", [False, True])
-def test_sparse_topk_path_equals_dense(rescale):
-    sae = make_sae("topk", k=6, apply_b_dec_to_input=True, rescale_acts_by_decoder_norm=rescale)
+@pytest.mark.parametrize("flag", [None, "rescale_acts_by_decoder_norm", "rank_by_decoder_norm"])
+def test_sparse_topk_path_equals_dense(flag):
+    sae = make_sae("topk", k=6, apply_b_dec_to_input=True, **({flag: True} if flag else {}))
     x = inputs(n=16).reshape(4, 4, 12)
     with torch.no_grad():
         vals, idx = sae.encode_topk(x)
@@ -196,6 +200,7 @@ def test_fold_scaling_factor_for_transcoder_with_different_in_out_scales():
     ("jumprelu", {}),
     ("gated", {"apply_b_dec_to_input": True}),
     ("topk", {"k": 5, "rescale_acts_by_decoder_norm": True}),
+    ("topk", {"k": 5, "rank_by_decoder_norm": True}),
 ])
 def test_fold_W_dec_norm_is_exact(arch, kw):
     sae = make_sae(arch, **kw)
@@ -209,7 +214,7 @@ def test_fold_W_dec_norm_is_exact(arch, kw):
         expected_f = f if kw.get("rescale_acts_by_decoder_norm") else f * n
         torch.testing.assert_close(sae.encode(x), expected_f, atol=1e-5, rtol=1e-5)
     assert sae.cfg.provenance.conversions == ["fold_W_dec_norm"]
-    assert not sae.cfg.rescale_acts_by_decoder_norm
+    assert not sae.cfg.rescale_acts_by_decoder_norm and not sae.cfg.rank_by_decoder_norm
 
 
 def test_fold_W_dec_norm_refused_when_it_would_change_topk_selection():
@@ -299,3 +304,6 @@ def test_saelens_architecture_names():
     assert tc.to_dict()["architecture"] == "jumprelu_skip_transcoder"
     back = SAEConfig.from_dict(tc.to_dict())
     assert back.d_out == 6 and back.has_skip and back.architecture == "jumprelu"
+    ranked = SAEConfig(architecture="topk", d_in=4, d_sae=8, k=2, rank_by_decoder_norm=True, d_out=3)
+    assert ranked.saelens_architecture() == "topk_rank_by_decoder_norm_transcoder"  # SAELens refuses it
+    assert SAEConfig.from_dict(ranked.to_dict()) == ranked.replace(extra={"sae_lens_version": "6.0.0"})
