@@ -50,7 +50,12 @@ if TYPE_CHECKING:
     from sae_hub.splicing import splice as splice
 
 
+_SUBMODULES = {"registry", "loaders", "hub", "releases", "training", "analysis"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # sae_hub.registry.add(...) without an explicit import
+        return importlib.import_module(f"sae_hub.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sae_hub' has no attribute {name!r}")

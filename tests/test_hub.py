@@ -1,0 +1,262 @@
+"""from_pretrained / get_config / push_to_hub through the real huggingface_hub client against a local Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import sae_hub
+from sae_hub import SAE, SAEConfig
+from sae_hub.errors import (
+    CorruptFileError,
+    DownloadError,
+    FormatDetectionError,
+    IntegrityError,
+    MissingFileError,
+    UnknownReleaseError,
+    UnknownSAEError,
+)
+from sae_hub.files import sha256_file
+
+FIX = Path(__file__).parent / "fixtures" / "sae_lens"
+REPO = "test-org/gpt2-saes"
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    sae_hub.registry.reset()
+    yield
+    sae_hub.registry.reset()
+
+
+def seed(hub, repo: str = REPO) -> None:
+    """A repo with two SAELens folders plus files a loader must not fetch."""
+    for case, folder in (("topk", "blocks.3/topk"), ("jumprelu", "blocks.3/jumprelu")):
+        for name in ("cfg.json", "sae_weights.safetensors"):
+            hub.add_file(repo, f"{folder}/{name}", (FIX / case / name).read_bytes())
+    hub.add_file(repo, "blocks.3/topk/reference.safetensors", (FIX / "topk" / "reference.safetensors").read_bytes())
+    hub.add_file(repo, "blocks.3/topk/optimizer_state.pt", os.urandom(4096))
+    hub.add_file(repo, "README.md", b"# saes\n")
+
+
+def add_release(**over) -> None:
+    rel = {"name": "test-gpt2-res", "model": "gpt2", "repo_id": REPO, "format": "saelens",
+           "hook": "blocks.{layer}.hook_resid_post",
+           "saes": [{"id": "layer_{layer}/{kind}", "path": "blocks.{layer}/{kind}", "l0": 6,
+                     "neuronpedia": "gpt2/{layer}-test-{kind}",
+                     "expand": [{"layer": 3, "kind": ["topk", "jumprelu"]}]}]}
+    rel.update(over)
+    sae_hub.registry.add({"releases": [rel]})
+
+
+def gets(hub) -> list[str]:
+    requests = hub.find(method="GET", path_contains="/resolve/")
+    return sorted(r.path.split("/resolve/")[1].split("/", 1)[1] for r in requests)
+
+
+def reference(case: str) -> dict[str, torch.Tensor]:
+    return load_file(FIX / case / "reference.safetensors")
+
+
+def test_from_pretrained_registry_release_fetches_only_needed_files(hub):
+    seed(hub)
+    add_release()
+    sae = SAE.from_pretrained("test-gpt2-res", "layer_3/topk")
+    ref = reference("topk")
+    torch.testing.assert_close(sae.encode(ref["x"]), ref["codes"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae(ref["x"]), ref["recon"], atol=1e-5, rtol=1e-5)
+    assert gets(hub) == ["blocks.3/topk/cfg.json", "blocks.3/topk/sae_weights.safetensors"]
+    c = sae.cfg
+    assert c.hook_name == "blocks.3.hook_resid_post" and c.neuronpedia_id == "gpt2/3-test-topk"
+    assert c.extra["release"] == {"name": "test-gpt2-res", "sae_id": "layer_3/topk"}
+    assert all(f["name"].startswith(f"hf://{REPO}@") for f in c.provenance.source_files)
+
+
+def test_cached_load_request_counts(hub):
+    seed(hub)
+    add_release()
+    SAE.from_pretrained("test-gpt2-res", "layer_3/jumprelu")
+    hub.reset_log()
+    SAE.from_pretrained("test-gpt2-res", "layer_3/jumprelu")
+    online = len(hub.requests)
+    assert hub.count(method="GET") == 0 and online <= 3  # metadata HEADs only, no body re-download
+    hub.reset_log()
+    sae = SAE.from_pretrained("test-gpt2-res", "layer_3/jumprelu", local_files_only=True)
+    assert len(hub.requests) == 0
+    ref = reference("jumprelu")
+    torch.testing.assert_close(sae.encode(ref["x"]), ref["codes"], atol=1e-5, rtol=1e-5)
+
+
+def test_hf_hub_offline_makes_zero_requests_in_a_fresh_process(hub, tmp_path):
+    seed(hub)
+    SAE.from_pretrained(REPO, "blocks.3/topk")  # warm the cache (direct repo id, format detected)
+    hub.reset_log()
+    code = (f"from sae_hub import SAE; s = SAE.from_pretrained({REPO!r}, 'blocks.3/topk'); "
+            "print(s.cfg.architecture)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "topk"
+    assert hub.requests == []
+
+
+def test_direct_repo_id_detects_format(hub):
+    seed(hub)
+    sae = SAE.from_pretrained(REPO, "blocks.3/jumprelu")
+    assert sae.cfg.architecture == "jumprelu" and sae.cfg.provenance.source_format == "saelens"
+    assert "blocks.3/topk/optimizer_state.pt" not in gets(hub)
+
+
+def test_revision_pin(hub):
+    seed(hub)
+    first = hub.head(REPO)
+    cfg = json.loads((FIX / "topk" / "cfg.json").read_text())
+    cfg["metadata"]["hook_name"] = "blocks.9.hook_resid_post"
+    hub.add_file(REPO, "blocks.3/topk/cfg.json", json.dumps(cfg).encode())
+    assert SAE.from_pretrained(REPO, "blocks.3/topk").cfg.hook_name == "blocks.9.hook_resid_post"
+    assert SAE.from_pretrained(REPO, "blocks.3/topk", revision=first).cfg.hook_name == "blocks.3.hook_resid_post"
+
+
+def test_get_config_fetches_no_weights(hub):
+    seed(hub)
+    add_release()
+    cfg = SAE.get_config("test-gpt2-res", "layer_3/topk")
+    assert cfg.architecture == "topk" and cfg.k == 6 and cfg.neuronpedia_id == "gpt2/3-test-topk"
+    assert gets(hub) == ["blocks.3/topk/cfg.json"]
+
+
+def test_local_folder_release(tmp_path):
+    (tmp_path / "saes").mkdir()
+    import shutil
+
+    shutil.copytree(FIX / "gated", tmp_path / "saes" / "L3")
+    yaml_file = tmp_path / "lab.yaml"
+    yaml_file.write_text(
+        "releases:\n"
+        "  - name: lab-gated\n    model: gpt2\n    local_path: saes\n    format: saelens\n"
+        "    saes:\n      - {id: layer3, path: L3, neuronpedia: gpt2/3-lab}\n")
+    assert sae_hub.registry.add(yaml_file) == ["lab-gated"]
+    sae = SAE.from_pretrained("lab-gated", "layer3")
+    ref = reference("gated")
+    torch.testing.assert_close(sae(ref["x"]), ref["recon"], atol=1e-5, rtol=1e-5)
+    assert sae.cfg.neuronpedia_id == "gpt2/3-lab"
+
+
+def test_unknown_names_list_closest_matches(hub):
+    add_release()
+    with pytest.raises(UnknownReleaseError, match="test-gpt2-res"):
+        SAE.from_pretrained("test-gpt2-ress", "layer_3/topk")
+    with pytest.raises(UnknownSAEError, match="layer_3/topk"):
+        SAE.from_pretrained("test-gpt2-res", "layer_3/topkk")
+    with pytest.raises(UnknownReleaseError, match="use SAE.from_pretrained\\('test-gpt2-res'"):
+        SAE.from_pretrained(REPO, "blocks.3/topk")
+
+
+def test_transient_5xx_is_retried(hub, no_backoff_sleep):
+    seed(hub)
+    add_release()
+    hub.fail("sae_weights.safetensors", status=503, times=1, method="HEAD")
+    sae = SAE.from_pretrained("test-gpt2-res", "layer_3/topk")
+    assert sae.cfg.architecture == "topk"
+
+
+def test_persistent_failure_names_repo_and_file_then_recovers(hub, no_backoff_sleep):
+    seed(hub)
+    add_release()
+    hub.fail("sae_weights.safetensors", status=500, times=100, method="GET")
+    with pytest.raises(DownloadError) as e:
+        SAE.from_pretrained("test-gpt2-res", "layer_3/topk")
+    assert REPO in str(e.value)
+    assert not list(Path(os.environ["HF_HUB_CACHE"]).rglob("*.incomplete"))
+    hub.clear_faults()
+    assert SAE.from_pretrained("test-gpt2-res", "layer_3/topk").cfg.k == 6
+
+
+def test_connection_reset_mid_body_leaves_no_partial_file(hub, no_backoff_sleep):
+    seed(hub)
+    add_release()
+    hub.reset_mid_body("sae_weights.safetensors", after_bytes=1000, times=1)
+    sae = SAE.from_pretrained("test-gpt2-res", "layer_3/topk")  # the client retries the download
+    ref = reference("topk")
+    torch.testing.assert_close(sae(ref["x"]), ref["recon"], atol=1e-5, rtol=1e-5)
+    assert not list(Path(os.environ["HF_HUB_CACHE"]).rglob("*.incomplete"))
+
+
+def test_eight_processes_download_once(hub):
+    seed(hub)
+    code = (f"from sae_hub import SAE; s = SAE.from_pretrained({REPO!r}, 'blocks.3/topk', format='saelens'); "
+            "print(int(s.cfg.k))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(8)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [o[1][-500:] for o in outs]
+    assert [o[0].strip() for o in outs] == ["6"] * 8
+    assert hub.count(method="GET", path_contains="blocks.3/topk/sae_weights.safetensors") == 1
+
+
+def test_registry_entry_pointing_at_missing_path(hub):
+    seed(hub)
+    add_release(saes=[{"id": "ghost", "path": "blocks.7/none", "vars": {"layer": 7}}])
+    with pytest.raises(MissingFileError, match="blocks.7/none"):
+        SAE.from_pretrained("test-gpt2-res", "ghost")
+
+
+def test_repo_without_recognisable_sae(hub):
+    hub.add_file("test-org/misc", "stuff/notes.txt", b"hello")
+    with pytest.raises(FormatDetectionError, match="notes.txt"):
+        SAE.from_pretrained("test-org/misc", "stuff")
+
+
+def test_malformed_cfg_json_on_the_hub(hub):
+    seed(hub)
+    hub.add_file(REPO, "blocks.3/topk/cfg.json", b"{not json")
+    with pytest.raises(CorruptFileError, match="cfg.json"):
+        SAE.from_pretrained(REPO, "blocks.3/topk")
+
+
+def test_sha256_mismatch_is_refused_and_not_kept(hub):
+    seed(hub)
+    good = sha256_file(FIX / "topk" / "sae_weights.safetensors")
+    add_release(saes=[{"id": "pinned", "path": "blocks.3/topk", "sha256": "0" * 64, "vars": {"layer": 3}}])
+    with pytest.raises(IntegrityError, match="sha256"):
+        SAE.from_pretrained("test-gpt2-res", "pinned")
+    cached = [p for p in Path(os.environ["HF_HUB_CACHE"]).rglob("sae_weights.safetensors")]
+    assert not [p for p in cached if p.exists()]
+    sae_hub.registry.reset()
+    add_release(saes=[{"id": "pinned", "path": "blocks.3/topk", "sha256": good, "vars": {"layer": 3}}])
+    assert SAE.from_pretrained("test-gpt2-res", "pinned").cfg.k == 6
+
+
+def test_push_to_hub_round_trip_with_model_card(hub):
+    g = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig(architecture="topk", d_in=16, d_sae=32, k=4, model_name="openai-community/gpt2",
+                        hook_name="blocks.2.hook_resid_post", license="mit", extra={"metrics": {"fvu": 0.12}}))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    url = sae.push_to_hub("me/my-sae")
+    assert url
+    back = SAE.from_pretrained("me/my-sae", "")
+    x = torch.randn(5, 16, generator=g)
+    torch.testing.assert_close(back(x), sae(x))
+    card = hub.files("me/my-sae")["README.md"].decode()
+    assert "library_name: sae-hub" in card and "base_model: openai-community/gpt2" in card
+    assert "fvu" in card and "blocks.2.hook_resid_post" in card
+    sae.push_to_hub("me/my-sae", "layer2/topk")
+    assert SAE.from_pretrained("me/my-sae", "layer2/topk").cfg.k == 4
+
+
+def test_entry_for_prints_a_valid_entry(capsys):
+    text = sae_hub.registry.entry_for("me/my-sae", model="gpt2", saes=[{"id": "l2", "path": "layer2/topk"}])
+    assert "repo_id: me/my-sae" in capsys.readouterr().out
+    import yaml
+
+    assert sae_hub.registry.add(yaml.safe_load(text)) == ["my-sae"]
+    assert sae_hub.list_saes("my-sae") == ["l2"]
