@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "list_loaders": "sae_hub.loading",
     "get_loader": "sae_hub.loading",
     "detect_format": "sae_hub.loading",
+    "convert": "sae_hub.conversion",
     "list_releases": "sae_hub.releases",
     "list_saes": "sae_hub.releases",
     "splice": "sae_hub.splicing",
@@ -38,6 +39,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from sae_hub.config import Provenance as Provenance
     from sae_hub.config import SAEConfig as SAEConfig
+    from sae_hub.conversion import convert as convert
     from sae_hub.errors import *  # noqa: F403
     from sae_hub.loading import detect_format as detect_format
     from sae_hub.loading import get_loader as get_loader

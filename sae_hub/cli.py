@@ -48,6 +48,70 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from sae_hub import releases
+
+    names = releases.list_releases(args.pattern, model=args.model)
+    if args.saes:
+        for name in names:
+            for sae_id in releases.list_saes(name):
+                print(f"{name}\t{sae_id}")
+        return 0
+    table = releases._TABLE.get()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        rel = table[name]
+        print(f"{name:{width}s}  {rel.model:24s} {len(rel.raw_saes) and len(rel.saes):6d} SAEs  {rel.format:20s} "
+              f"{rel.location}")
+    print(f"{len(names)} release(s)", file=sys.stderr)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from sae_hub import releases
+    from sae_hub.hub import get_config
+
+    rel, entry = releases.resolve(args.release, args.sae_id)
+    print(f"release        {rel.name} ({rel.source})")
+    print(f"location       {rel.location}/{entry.path}" + (f" @ {rel.revision}" if rel.revision else ""))
+    print(f"format         {rel.format}")
+    for key in ("l0", "variance_explained", "neuronpedia", "norm_scaling_factor", "sha256", "hook", "hook_out"):
+        value = getattr(entry, key)
+        if value is not None:
+            print(f"{key:14s} {value}")
+    if args.config:
+        cfg = get_config(args.release, args.sae_id)
+        import json
+
+        print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"sae-hub: error: --option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from sae_hub.conversion import convert
+
+    written = convert(args.src, args.dst, format=args.format, dtype=args.dtype,
+                      fold_decoder_norm=args.fold_decoder_norm, **_parse_options(args.option))
+    for path in written:
+        print(path)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -80,6 +144,39 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--out", help="folder to write the SAE to (default: a temp dir)")
     d.set_defaults(func=_cmd_demo)
+
+    ls = sub.add_parser("list", help="list the releases in the registry",
+                        description="List releases (fnmatch PATTERN, --model filter).\n\nexamples:\n"
+                                    "  sae-hub list 'gemma-scope-2b*'\n  sae-hub list --model gpt2 --saes",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ls.add_argument("pattern", nargs="?", help="fnmatch pattern on release names")
+    ls.add_argument("--model", help="fnmatch pattern on the model name")
+    ls.add_argument("--saes", action="store_true", help="print every (release, sae id) pair")
+    ls.set_defaults(func=_cmd_list)
+
+    inf = sub.add_parser("info", help="describe one SAE of a release (registry facts; --config fetches its config)",
+                         description="example:\n  sae-hub info gemma-scope-2b-pt-res-canonical "
+                                     "layer_12/width_16k/canonical --config",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    inf.add_argument("release")
+    inf.add_argument("sae_id")
+    inf.add_argument("--config", action="store_true", help="also fetch and print its config (no weights)")
+    inf.set_defaults(func=_cmd_info)
+
+    cv = sub.add_parser("convert", help="convert a checkpoint (or a folder of them) to the native format",
+                        description="Write SRC in the native (SAELens 6) format under DST, recording the source "
+                                    "files' sha256 and every transform in cfg.json.\n\nexamples:\n"
+                                    "  sae-hub convert overcomplete/module.pt out/ --dtype float32\n"
+                                    "  sae-hub convert state_dict.pt out/ --format overcomplete --option top_k=32",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cv.add_argument("src")
+    cv.add_argument("dst")
+    cv.add_argument("--format", help="loader name (default: autodetect)")
+    cv.add_argument("--dtype", help="cast the weights (e.g. float32, bfloat16)")
+    cv.add_argument("--fold-decoder-norm", action="store_true", help="unit-norm decoder rows (exact fold)")
+    cv.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="loader option, value parsed as JSON when possible (repeatable)")
+    cv.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("inspect", help="show format, architecture, shapes, dtypes and metadata of a checkpoint",
                        description="Detect a checkpoint's format and describe it without converting.\n\n"
