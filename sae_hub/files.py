@@ -14,6 +14,7 @@ import math
 import mmap
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +96,49 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     os.replace(tmp, p)
 
 
+_ST_NAMES = {dt: name for name, dt in _ST_DTYPES.items()}
+
+
 def write_safetensors_atomic(
     path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    """``safetensors.torch.save_file`` through a temp file + rename."""
-    from safetensors.torch import save_file
+    """Write a safetensors file through a temp file + rename, streaming each tensor's bytes straight from its
+    memory (no serialisation buffer: about twice as fast as ``safetensors.torch.save_file`` for large SAEs).
 
+    The layout is the safetensors spec's: little-endian u64 header length, JSON header (padded with spaces to
+    a multiple of 8), then the tensors' bytes in header order.
+    """
+    if sys.byteorder != "little":  # pragma: no cover - safetensors stores little-endian
+        from safetensors.torch import save_file
+
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, p)
+        return
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    flat: list[torch.Tensor] = []
+    offset = 0
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        if t.dtype not in _ST_NAMES:
+            raise ValueError(f"cannot store dtype {t.dtype} in safetensors (tensor {key!r})")
+        nbytes = t.numel() * t.element_size()
+        header[key] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+        flat.append(t.reshape(-1).view(torch.uint8) if t.numel() else t.new_empty(0, dtype=torch.uint8))
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t in flat:
+            if t.numel():
+                f.write(memoryview(t.numpy()))
     os.replace(tmp, p)
 
 

@@ -230,3 +230,22 @@ def test_every_error_is_a_sae_hub_error():
     for exc in (MissingFileError, CorruptFileError, ConfigError, ShapeMismatchError, UnknownArchitectureError,
                 FormatDetectionError):
         assert issubclass(exc, SaeHubError)
+
+
+def test_our_safetensors_writer_is_read_by_the_safetensors_library(tmp_path):
+    """The writer streams bytes itself; the reference reader must agree on every dtype and shape."""
+    from safetensors import safe_open
+
+    from sae_hub.files import write_safetensors_atomic
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, 5, generator=g), "b": torch.randn(7, generator=g).to(torch.bfloat16),
+               "c": torch.arange(6, dtype=torch.int64).reshape(2, 3), "d": torch.tensor(2.5),
+               "e": torch.zeros(0, 4), "f": torch.randn(4, 2, generator=g).T}  # non-contiguous
+    write_safetensors_atomic(tmp_path / "x.safetensors", tensors, metadata={"format": "pt"})
+    back = load_file(tmp_path / "x.safetensors")
+    assert set(back) == set(tensors)
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+    with safe_open(tmp_path / "x.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}

@@ -1,0 +1,295 @@
+"""Gemma Scope 1 (``params.npz``) and Gemma Scope 2 (``params.safetensors``) loaders.
+
+Reference semantics (Google's published JumpReLU module, as in the Gemma Scope tutorials):
+``pre = x @ W_enc + b_enc``; ``acts = (pre > threshold) * relu(pre)``; ``recon = acts @ W_dec + b_dec``;
+affine transcoders add ``x @ affine_skip_connection``. Embedding SAEs (Gemma Scope 1) are rescaled as SAELens
+does: ``W_enc / sqrt(d_in)``, ``W_dec * sqrt(d_in)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sae_hub import SAE, detect_format
+from sae_hub.errors import (
+    ConfigError,
+    CorruptFileError,
+    ShapeMismatchError,
+    UnknownArchitectureError,
+    UnsupportedSAEError,
+)
+
+D_IN, D_SAE = 16, 64
+ATOL = RTOL = 1e-5
+
+
+def _params(d_out: int = D_IN, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "W_enc": (rng.normal(size=(D_IN, D_SAE)) * 0.3).astype(np.float32),
+        "W_dec": (rng.normal(size=(D_SAE, d_out)) * 0.3).astype(np.float32),
+        "b_enc": (rng.normal(size=D_SAE) * 0.3).astype(np.float32),
+        "b_dec": (rng.normal(size=d_out) * 0.5).astype(np.float32),
+        "threshold": (np.abs(rng.normal(size=D_SAE)) * 0.8 + 0.05).astype(np.float32),
+    }
+
+
+def reference(p: dict[str, np.ndarray], x: torch.Tensor, skip: np.ndarray | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t = {k.lower(): torch.from_numpy(v).float() for k, v in p.items()}
+    pre = x @ t["w_enc"] + t["b_enc"]
+    acts = (pre > t["threshold"]) * torch.relu(pre)
+    recon = acts @ t["w_dec"] + t["b_dec"]
+    out = recon + x @ torch.from_numpy(skip).float() if skip is not None else recon
+    return acts, recon, out
+
+
+def _x(n: int = 32, seed: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D_IN, generator=g) * 2 + torch.randn(D_IN, generator=g)
+
+
+def _check(sae: SAE, x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor, out: torch.Tensor) -> None:
+    assert (acts != 0).any() and (acts == 0).any()
+    with torch.no_grad():
+        codes = sae.encode(x)
+        torch.testing.assert_close(codes, acts, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(sae.decode(codes), recon, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(sae(x), out, atol=ATOL, rtol=RTOL)
+
+
+# ================================================================================ Gemma Scope 1
+
+
+def write_npz(folder: Path, p: dict[str, np.ndarray], lowercase: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "params.npz", **{(k.lower() if lowercase else k): v for k, v in p.items()})
+    return folder
+
+
+@pytest.mark.parametrize(("repo", "hook", "hook_out", "reshape"), [
+    ("gemma-scope-2b-pt-res", "blocks.5.hook_resid_post", None, "none"),
+    ("models--google--gemma-scope-9b-it-res", "blocks.5.hook_resid_post", None, "none"),
+    ("gemma-scope-2b-pt-mlp", "blocks.5.hook_mlp_out", None, "none"),
+    ("gemma-scope-2b-pt-att", "blocks.5.attn.hook_z", None, "hook_z"),
+    ("gemma-scope-2b-pt-transcoders", "blocks.5.ln2.hook_normalized", "blocks.5.hook_mlp_out", "none"),
+    ("somewhere-else", None, None, "none"),
+])
+def test_gemma_scope_1(tmp_path, repo, hook, hook_out, reshape):
+    p = _params(seed=1)
+    folder = write_npz(tmp_path / repo / "layer_5" / "width_16k" / "average_l0_68", p)
+    assert detect_format(folder) == "gemma-scope"
+    sae = SAE.load_from_disk(folder)
+    _check(sae, _x(), *reference(p, _x()))
+    c = sae.cfg
+    assert (c.architecture, c.d_in, c.d_sae, c.apply_b_dec_to_input) == ("jumprelu", D_IN, D_SAE, False)
+    assert (c.hook_name, c.hook_name_out, c.reshape_activations) == (hook, hook_out, reshape)
+    if "9b-it" in repo:
+        assert c.model_name == "google/gemma-2-9b-it"
+    elif "2b" in repo:
+        assert c.model_name == "google/gemma-2-2b"
+
+
+def test_gemma_scope_1_file_path_and_lowercase_keys(tmp_path):
+    p = _params(seed=2)
+    folder = write_npz(tmp_path / "x", p, lowercase=True)
+    sae = SAE.load_from_disk(folder / "params.npz")
+    _check(sae, _x(), *reference(p, _x()))
+
+
+def test_gemma_scope_1_embedding_rescaling(tmp_path):
+    p = _params(seed=3)
+    folder = write_npz(tmp_path / "gemma-scope-2b-pt-res" / "embedding" / "width_4k" / "average_l0_6", p)
+    sae = SAE.load_from_disk(folder)
+    s = math.sqrt(D_IN)
+    q = {**p, "W_enc": p["W_enc"] / s, "W_dec": p["W_dec"] * s}
+    _check(sae, _x(), *reference(q, _x()))
+    assert sae.cfg.hook_name == "hook_embed"
+    assert any("embedding" in c for c in sae.cfg.provenance.conversions)
+    # the option overrides the path, both ways
+    plain = SAE.load_from_disk(folder, embedding=False)
+    _check(plain, _x(), *reference(p, _x()))
+    other = write_npz(tmp_path / "elsewhere", p)
+    _check(SAE.load_from_disk(other, embedding=True), _x(), *reference(q, _x()))
+    with pytest.raises(ConfigError):
+        SAE.load_from_disk(other, embedding="yes")
+
+
+def test_gemma_scope_1_bad_files(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "params.npz").write_bytes(b"PK\x03\x04 broken zip")
+    with pytest.raises(CorruptFileError):
+        SAE.load_from_disk(tmp_path / "c")
+    p = _params()
+    folder = write_npz(tmp_path / "t", p)
+    data = (folder / "params.npz").read_bytes()
+    (folder / "params.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError):
+        SAE.load_from_disk(folder)
+    obj = tmp_path / "o"
+    obj.mkdir()
+    np.savez(obj / "params.npz", **p, extra=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CorruptFileError):  # allow_pickle=False: the object array is refused, never unpickled
+        SAE.load_from_disk(obj)
+    write_npz(tmp_path / "m", {k: v for k, v in p.items() if k != "threshold"})
+    with pytest.raises(ShapeMismatchError, match="threshold"):
+        SAE.load_from_disk(tmp_path / "m")
+    write_npz(tmp_path / "s", {**p, "b_enc": p["b_enc"][:-1]})
+    with pytest.raises(ShapeMismatchError, match="b_enc"):
+        SAE.load_from_disk(tmp_path / "s")
+
+
+# ================================================================================ Gemma Scope 2
+
+
+def write_gs2(folder: Path, p: dict[str, np.ndarray], *, skip: np.ndarray | None = None, config: dict | None = None,
+              name: str = "params.safetensors", dtype: torch.dtype = torch.float32) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k.lower(): torch.from_numpy(v).to(dtype) for k, v in p.items()}
+    if skip is not None:
+        sd["affine_skip_connection"] = torch.from_numpy(skip).to(dtype)
+    save_file(sd, str(folder / name))
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder / name
+
+
+def test_gemma_scope_2_sae_with_config(tmp_path):
+    p = _params(seed=5)
+    cfg = {"hf_hook_point_in": "model.layers.7.output", "width": D_SAE, "model_name": "gemma-3-1b-pt",
+           "architecture": "jump_relu", "l0": 20, "type": "sae"}
+    f = write_gs2(tmp_path / "gemma-scope-2-1b-pt" / "resid_post" / "layer_7_width_16k_l0_small", p, config=cfg)
+    assert detect_format(f.parent) == "gemma-scope-2"
+    sae = SAE.load_from_disk(f.parent)
+    _check(sae, _x(), *reference(p, _x()))
+    c = sae.cfg
+    assert (c.hook_name, c.hf_hook_name, c.model_name) == ("blocks.7.hook_resid_post", "model.layers.7.output",
+                                                           "google/gemma-3-1b-pt")
+    assert c.extra["gemma_scope_2"]["l0"] == 20 and not c.is_transcoder
+
+
+@pytest.mark.parametrize(("kind", "hook", "hook_out", "reshape"), [
+    ("resid_post_all", "blocks.3.hook_resid_post", None, "none"),
+    ("attn_out", "blocks.3.attn.hook_z", None, "hook_z"),
+    ("mlp_out_all", "blocks.3.hook_mlp_out", None, "none"),
+    ("transcoder_all", "blocks.3.hook_mlp_in", "blocks.3.hook_mlp_out", "none"),
+])
+def test_gemma_scope_2_hooks_from_the_folder(tmp_path, kind, hook, hook_out, reshape):
+    p = _params(seed=6)
+    f = write_gs2(tmp_path / "models--google--gemma-scope-2-4b-it" / "snapshots" / "abc" / kind /
+                  "layer_3_width_16k_l0_big", p)
+    sae = SAE.load_from_disk(f.parent)
+    _check(sae, _x(), *reference(p, _x()))
+    c = sae.cfg
+    assert (c.hook_name, c.hook_name_out, c.reshape_activations) == (hook, hook_out, reshape)
+    assert c.model_name == "google/gemma-3-4b-it"
+
+
+def test_gemma_scope_2_affine_transcoder(tmp_path):
+    d_out = 12
+    p = _params(d_out=d_out, seed=7)
+    skip = (np.random.default_rng(8).normal(size=(D_IN, d_out)) * 0.2).astype(np.float32)
+    cfg = {"hf_hook_point_in": "model.language_model.layers.4.pre_feedforward_layernorm.output",
+           "hf_hook_point_out": "model.language_model.layers.4.post_feedforward_layernorm.output",
+           "architecture": "jump_relu", "affine_connection": True, "type": "transcoder"}
+    f = write_gs2(tmp_path / "transcoder" / "layer_4_width_16k_l0_big_affine", p, skip=skip, config=cfg)
+    sae = SAE.load_from_disk(f.parent)
+    assert sae.cfg.has_skip and tuple(sae.W_skip.shape) == (d_out, D_IN)
+    _check(sae, _x(), *reference(p, _x(), skip))
+    c = sae.cfg
+    assert (c.hook_name, c.hook_name_out) == ("blocks.4.hook_mlp_in", "blocks.4.hook_mlp_out")
+    assert c.is_transcoder and c.d_out == d_out
+
+
+def test_gemma_scope_2_bf16(tmp_path):
+    """bf16 weights: tolerance 2 % of the largest |value|, on entries whose gate is clear of its threshold by 1 %."""
+    p = _params(seed=9)
+    f = write_gs2(tmp_path / "bf", p, dtype=torch.bfloat16)
+    sae = SAE.load_from_disk(f.parent)
+    assert sae.dtype == torch.bfloat16
+    q = {k: torch.from_numpy(v).to(torch.bfloat16).float().numpy() for k, v in p.items()}
+    x = _x(64)
+    acts, recon, _ = reference(q, x)
+    pre = x @ torch.from_numpy(q["W_enc"]) + torch.from_numpy(q["b_enc"])
+    clear = (pre - torch.from_numpy(q["threshold"])).abs() > 0.01 * pre.abs().max()
+    with torch.no_grad():
+        codes = sae.encode(x).float()
+        out = sae.decode(codes).float()
+    assert torch.equal((codes != 0)[clear], (acts != 0)[clear])
+    assert (codes - acts)[clear].abs().max() <= 0.02 * acts.abs().max()
+    rows = ((codes != 0) == (acts != 0)).all(-1)
+    assert rows.float().mean() >= 0.75
+    assert (out - recon)[rows].abs().max() <= 0.02 * recon.abs().max()
+
+
+def _clt(tmp_path: Path, n_targets: int = 3) -> tuple[Path, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(10)
+    p = _params(seed=11)
+    p["W_dec"] = (rng.normal(size=(D_SAE, n_targets, D_IN)) * 0.3).astype(np.float32)
+    f = write_gs2(tmp_path / "clt" / "width_262k_l0_medium", p, name="params_layer_2.safetensors")
+    return f, p
+
+
+def test_gemma_scope_2_clt_is_refused_by_default_and_sliced_on_request(tmp_path):
+    f, p = _clt(tmp_path)
+    assert detect_format(f) == "gemma-scope-2"
+    with pytest.raises(UnsupportedSAEError, match="cross-layer") as e:
+        SAE.load_from_disk(f)
+    assert "clt_decoder='sum'" in str(e.value)
+    summed = SAE.load_from_disk(f, clt_decoder="sum")
+    _check(summed, _x(), *reference({**p, "W_dec": p["W_dec"].sum(axis=1)}, _x()))
+    assert any("cross-layer structure dropped" in c for c in summed.cfg.provenance.conversions)
+    one = SAE.load_from_disk(f, clt_decoder=1)
+    _check(one, _x(), *reference({**p, "W_dec": p["W_dec"][:, 1, :]}, _x()))
+    for bad in ("mean", 3, True):
+        with pytest.raises(ConfigError):
+            SAE.load_from_disk(f, clt_decoder=bad)
+
+
+def test_gemma_scope_2_refusals_and_bad_files(tmp_path):
+    p = _params()
+    write_gs2(tmp_path / "crosscoder" / "layer_7_13_17_22_width_262k_l0_medium", p)
+    with pytest.raises(UnsupportedSAEError, match="crosscoder"):
+        SAE.load_from_disk(tmp_path / "crosscoder" / "layer_7_13_17_22_width_262k_l0_medium")
+    write_gs2(tmp_path / "a", p, config={"architecture": "top_k"})
+    with pytest.raises(UnknownArchitectureError):
+        SAE.load_from_disk(tmp_path / "a")
+    f = write_gs2(tmp_path / "s", p)
+    with pytest.raises(ConfigError):
+        SAE.load_from_disk(f.parent, clt_decoder="sum")
+    f = write_gs2(tmp_path / "t", p)
+    f.write_bytes(f.read_bytes()[:-64])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        SAE.load_from_disk(f.parent)
+    f = write_gs2(tmp_path / "k", {k: v for k, v in p.items() if k != "b_dec"})
+    with pytest.raises(ShapeMismatchError, match="b_dec"):
+        SAE.load_from_disk(f.parent)
+    f = write_gs2(tmp_path / "w", p, skip=np.zeros((D_IN + 1, D_IN), dtype=np.float32))
+    with pytest.raises(ShapeMismatchError, match="affine"):
+        SAE.load_from_disk(f.parent)
+    f = write_gs2(tmp_path / "j", p)
+    (f.parent / "config.json").write_text("[1, 2")
+    with pytest.raises(CorruptFileError):
+        SAE.load_from_disk(f.parent)
+
+
+def test_detection_is_unambiguous(tmp_path):
+    from sae_hub.loaders import gemma_scope, gemma_scope_2
+
+    saelens = Path(__file__).parent / "fixtures" / "sae_lens" / "standard"
+    lm = Path(__file__).parent / "fixtures" / "llamascopium" / "jumprelu_dataset_wise"
+    for other in (saelens, lm):
+        assert not gemma_scope.detect(other) and not gemma_scope_2.detect(other)
+    assert not gemma_scope_2.detect(saelens / "sae_weights.safetensors")  # upper-case SAELens keys
+    f = write_gs2(tmp_path / "g2", _params())
+    g1 = write_npz(tmp_path / "g1", _params())
+    assert gemma_scope_2.detect(f) and gemma_scope_2.detect(f.parent) and not gemma_scope.detect(f.parent)
+    assert gemma_scope.detect(g1) and not gemma_scope_2.detect(g1)
+    assert detect_format(g1) == "gemma-scope" and detect_format(f.parent) == "gemma-scope-2"
