@@ -1,0 +1,338 @@
+"""sae_hub.safe_pickle: nothing from a checkpoint runs, and what is allowed loads faithfully."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import runpy
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sae_hub.errors import CorruptFileError, MissingFileError, UnsafeCheckpointError, UnsupportedSAEError
+from sae_hub.safe_pickle import (
+    Stub,
+    is_stub,
+    load_weights_only,
+    module_state_dict,
+    peek,
+    qualname_of,
+    read_npz,
+    safe_load,
+)
+
+# ------------------------------------------------------------------------------------------ payloads
+
+
+def _payloads(marker: Path) -> dict[str, tuple[object, str]]:
+    """name -> (callable the pickle would call, its args); each creates ``marker`` if run."""
+    m = str(marker)
+    code = f"open({m!r}, 'w').write('pwned')"
+    return {
+        "os.system": (os.system, (f"touch {m}",)),
+        "posix.system": (os.system, (f"touch {m}",)),  # os.system pickles as posix.system
+        "builtins.exec": (exec, (code,)),
+        "builtins.eval": (eval, (f"__import__('os').system('touch {m}')",)),
+        "subprocess.Popen": (subprocess.Popen, (["touch", m],)),
+        "runpy._run_code": (runpy._run_code, (code, {})),
+    }
+
+
+class _Evil:
+    def __init__(self, func: object, args: tuple) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _expected_name(func: object) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+PAYLOAD_NAMES = ["os.system", "posix.system", "builtins.exec", "builtins.eval", "subprocess.Popen", "runpy._run_code"]
+
+
+def test_payloads_are_real(tmp_path):
+    """Guard against a vacuous test: a normal unpickle of the exec payload does create the marker."""
+    marker = tmp_path / "marker"
+    func, args = _payloads(marker)["builtins.exec"]
+    pickle.loads(pickle.dumps(_Evil(func, args)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("name", PAYLOAD_NAMES)
+def test_plain_pickle_payload_refused(tmp_path, name, protocol):
+    marker = tmp_path / "marker"
+    func, args = _payloads(marker)[name]
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0], "x": _Evil(func, args)}, protocol=protocol))
+    with pytest.raises(UnsafeCheckpointError) as err:
+        safe_load(path)
+    assert err.value.field == _expected_name(func)
+    assert _expected_name(func) in str(err.value) and str(path) in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", PAYLOAD_NAMES)
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_torch_file_payload_refused(tmp_path, name, zip_format):
+    marker = tmp_path / "marker"
+    func, args = _payloads(marker)[name]
+    path = tmp_path / "evil.pt"
+    torch.save({"W": torch.randn(3, 2), "evil": _Evil(func, args)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    assert zipfile.is_zipfile(path) == zip_format
+    with pytest.raises(UnsafeCheckpointError) as err:
+        safe_load(path)
+    assert err.value.field == _expected_name(func)
+    with pytest.raises(UnsafeCheckpointError):
+        peek(path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_weights_only(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("global_name", ["builtins getattr", "builtins __import__", "builtins exec",
+                                         "posix system", "nt system", "evil_module_xyz run", "torch load",
+                                         "torch.serialization load", "numpy.core.multiarray _reconstruct",
+                                         "torch._utils _rebuild_device_tensor_from_numpy"])
+def test_unknown_or_dangerous_globals_refused(tmp_path, global_name):
+    """Hand-written GLOBAL opcodes (no real module needed), called with REDUCE."""
+    module, name = global_name.split()
+    data = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X\x04\x00\x00\x00argsq\x00\x85q\x01R."
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(data)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        safe_load(path)
+    assert err.value.field == f"{module}.{name}"
+
+
+def test_payload_nested_in_an_allowed_library_module(tmp_path, monkeypatch):
+    """A stubbed library class does not launder a payload hidden in its state."""
+    marker = tmp_path / "marker"
+    mod = types.ModuleType("nanosae.models")
+    monkeypatch.setitem(sys.modules, "nanosae", types.ModuleType("nanosae"))
+    monkeypatch.setitem(sys.modules, "nanosae.models", mod)
+
+    class SAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 8)
+            self.hook = _Evil(*_payloads(marker)["subprocess.Popen"])
+
+    SAE.__module__, SAE.__qualname__ = "nanosae.models", "SAE"
+    mod.SAE = SAE
+    path = tmp_path / "sae.pt"
+    torch.save(SAE(), path)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        safe_load(path)
+    assert err.value.field == "subprocess.Popen"
+    assert not marker.exists()
+
+
+def test_allowed_callables_cannot_run_code(tmp_path):
+    """Stub classes called through REDUCE only record their arguments."""
+    data = (b"\x80\x02covercomplete.sae.dictionary\nnormalize_l2\nX\x0b\x00\x00\x00rm -rf /tmpq\x00\x85R.")
+    path = tmp_path / "x.pkl"
+    path.write_bytes(data)
+    obj = safe_load(path)
+    assert isinstance(obj, Stub) and obj.qualname == "overcomplete.sae.dictionary.normalize_l2"
+    assert obj.state["_stub_args"] == ("rm -rf /tmp",)
+
+
+# ------------------------------------------------------------------------------------------ fidelity
+
+
+def test_state_dict_round_trip_zip_and_legacy(tmp_path):
+    base = torch.arange(20, dtype=torch.float32)
+    sd = {
+        "w": torch.randn(5, 3),
+        "t": torch.randn(3, 5).T,  # non-contiguous
+        "view": base[4:10],  # shares storage with "base", offset
+        "base": base,
+        "bf16": torch.randn(4, dtype=torch.bfloat16),
+        "i32": torch.tensor(7, dtype=torch.int32),
+        "empty": torch.zeros(0, 3),
+        "nested": {"step": 3, "betas": (0.9, 0.999), "name": "x", "b": b"\x00\x01", "s": {1, 2}},
+    }
+    for zip_format in (True, False):
+        path = tmp_path / f"sd_{zip_format}.pt"
+        torch.save(sd, path, _use_new_zipfile_serialization=zip_format)
+        out = safe_load(path)
+        for key in ("w", "t", "view", "base", "bf16", "i32", "empty"):
+            assert out[key].dtype == sd[key].dtype and torch.equal(out[key], sd[key]), key
+        assert out["nested"] == sd["nested"]
+        # views still share their storage, as torch.load gives them
+        out["base"][5] = -1.0
+        assert out["view"][1] == -1.0
+        sk = safe_load(path, skeleton=True)
+        assert sk["w"].is_meta and sk["w"].shape == (5, 3) and sk["bf16"].dtype == torch.bfloat16
+
+
+def test_zip_tensors_are_memory_mapped_copy_on_write(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save({"w": torch.ones(64, 64)}, path)
+    before = path.read_bytes()
+    out = safe_load(path)
+    out["w"].mul_(3)  # writable, never reaches the file
+    assert path.read_bytes() == before
+    assert torch.equal(safe_load(path)["w"], torch.ones(64, 64))
+
+
+def test_module_pickle_becomes_inert_stubs(tmp_path, monkeypatch):
+    mod = types.ModuleType("overcomplete.sae.fake")
+    for name in ("overcomplete", "overcomplete.sae"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "overcomplete.sae.fake", mod)
+
+    def normalize_l2(x):
+        return x
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+            self.register_buffer("scale", torch.tensor(2.0))
+            self.register_buffer("tmp", torch.tensor(1.0), persistent=False)
+            self.top_k = 3
+            self.normalization = normalize_l2
+
+    for obj, name in ((Model, "Model"), (normalize_l2, "normalize_l2")):
+        obj.__module__, obj.__qualname__ = "overcomplete.sae.fake", name
+        setattr(mod, name, obj)
+    model = Model()
+    path = tmp_path / "module.pt"
+    torch.save(model, path)
+    for name in ("overcomplete", "overcomplete.sae", "overcomplete.sae.fake"):
+        monkeypatch.delitem(sys.modules, name)  # loading must not need (or import) the library
+
+    out = safe_load(path)
+    assert isinstance(out, Stub) and out.qualname == "overcomplete.sae.fake.Model"
+    assert out.state["top_k"] == 3
+    assert qualname_of(out.state["normalization"]) == "overcomplete.sae.fake.normalize_l2"
+    assert is_stub(out.state["normalization"]) and not isinstance(out.state["normalization"], Stub)
+    assert qualname_of(out.state["_modules"]["enc"]) == "torch.nn.modules.container.Sequential"
+    sd = module_state_dict(out)
+    ref = model.state_dict()
+    assert sorted(sd) == sorted(ref)
+    for k in ref:
+        assert torch.equal(sd[k], ref[k])
+    assert "overcomplete.sae.fake" not in sys.modules
+
+
+# ------------------------------------------------------------------------------------------ bad files
+
+
+def test_truncated_and_garbage_files(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.randn(64, 64)}, good)
+    data = good.read_bytes()
+    for n, blob in enumerate([data[: len(data) // 2], data[:100], b"", b"not a pickle at all", b"\x80\x02}q\x00(X"]):
+        bad = tmp_path / f"bad{n}.pt"
+        bad.write_bytes(blob)
+        with pytest.raises(CorruptFileError):
+            safe_load(bad)
+        with pytest.raises(CorruptFileError):
+            load_weights_only(bad)
+    with pytest.raises(MissingFileError):
+        safe_load(tmp_path / "nope.pt")
+
+
+def test_record_smaller_than_the_pickle_claims(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.randn(100)}, good)
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            blob = zin.read(info)
+            if info.filename.endswith("/data/0"):
+                blob = blob[:40]
+            zout.writestr(info.filename, blob)
+    with pytest.raises(CorruptFileError, match="needs 400"):
+        safe_load(bad)
+
+
+def test_out_of_bounds_tensor_view_refused(tmp_path):
+    """A tensor whose size/stride reach past its storage is refused (torch's set_ would not check)."""
+    sd = {"w": torch.randn(4)}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    src = tmp_path / "src.pt"
+    src.write_bytes(buf.getvalue())
+    with zipfile.ZipFile(src) as z:
+        names = z.namelist()
+        pkl_name = next(n for n in names if n.endswith("data.pkl"))
+        pkl = z.read(pkl_name)
+        # K\x04\x85 is the size tuple (4,); make it (100,)
+        assert b"K\x04\x85" in pkl
+        evil_pkl = pkl.replace(b"K\x04\x85", b"Kd\x85", 1)
+        bad = tmp_path / "bad.pt"
+        with zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as zout:
+            for n in names:
+                zout.writestr(n, evil_pkl if n == pkl_name else z.read(n))
+    with pytest.raises(CorruptFileError, match="needs 100 elements"):
+        safe_load(bad)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_archive_refused(tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), path)
+    with pytest.raises(UnsupportedSAEError, match="TorchScript"):
+        safe_load(path)
+
+
+def test_plain_pickle_of_tensor_is_refused(tmp_path):
+    """``pickle.dumps(tensor)`` goes through torch.storage._load_from_bytes, which is not allowed."""
+    path = tmp_path / "t.pkl"
+    path.write_bytes(pickle.dumps(torch.ones(2)))
+    with pytest.raises(UnsafeCheckpointError, match=r"torch.storage._load_from_bytes"):
+        safe_load(path)
+
+
+def test_load_weights_only_reads_state_dicts(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save({"a": torch.randn(3), "k": torch.tensor(4, dtype=torch.int32)}, path)
+    out = load_weights_only(path)
+    assert out["k"].item() == 4 and out["a"].shape == (3,)
+
+
+def test_read_npz_never_unpickles(tmp_path):
+    marker = tmp_path / "marker"
+    good = tmp_path / "good.npz"
+    np.savez(good, w=np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert torch.equal(read_npz(good)["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    evil = tmp_path / "evil.npz"
+    arr = np.empty(1, dtype=object)
+    arr[0] = _Evil(*_payloads(marker)["builtins.exec"])
+    np.savez(evil, w=arr)
+    with pytest.raises(UnsafeCheckpointError):
+        read_npz(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("global_name", ["torch FloatStorage", "torch._utils _rebuild_tensor_v2",
+                                         "collections OrderedDict", "torch Size"])
+def test_build_cannot_tamper_with_allowed_globals(tmp_path, global_name):
+    """BUILD (set attributes) on an allowed global would change later loads in this process: refused."""
+    module, name = global_name.split()
+    data = (b"\x80\x02c" + f"{module}\n{name}\n".encode()
+            + b"}X\x05\x00\x00\x00dtypeK\x01sX\x0c\x00\x00\x00__defaults__K\x01sb.")
+    path = tmp_path / "tamper.pkl"
+    path.write_bytes(data)
+    with pytest.raises(CorruptFileError, match="BUILD"):
+        safe_load(path)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(3)}, good)
+    out = safe_load(good)
+    assert out["w"].dtype == torch.float32 and torch.equal(out["w"], torch.ones(3))
