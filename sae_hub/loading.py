@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ class Loader:
     config_files: tuple[str, ...] = ()
     load_config: ConfigFn | None = None
 
+    def could_match(self, entries: set[str]) -> bool:
+        """Cheap pre-filter for detecting a folder: does any declared file pattern's first path component match
+        one of ``entries`` (the names in the folder)? ``detect`` runs only when it does."""
+        heads = {pat.split("/", 1)[0] for pat in self.files}
+        return any(fnmatch.fnmatchcase(e, h) for h in heads for e in entries)
+
     def matching_files(self, names: Iterable[str]) -> list[str]:
         """Which of ``names`` (paths relative to an SAE folder) this format may read."""
         return sorted(n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in self.files))
@@ -81,8 +88,9 @@ def register_loader(
 ) -> Callable[[LoadFn], LoadFn]:
     """Decorator registering ``load(path, options) -> (SAEConfig, state_dict)`` as format ``name``.
 
-    ``files`` are glob patterns, relative to the SAE folder, of every file the loader may read; ``detect``
-    says whether a local folder/file is in this format; ``options`` are the keyword options it accepts
+    ``files`` are glob patterns, relative to the SAE folder, of every file the loader may read (to detect a
+    folder, only loaders one of whose patterns matches a name in it are asked); ``detect`` says whether a
+    local folder/file is in this format; ``options`` are the keyword options it accepts
     (anything else passed to ``load_from_disk`` is rejected). Registering a taken name is an error unless
     ``replace=True``. Formats whose config can be read without the weights also give ``config_files`` (the
     patterns of those files) and ``load_config(path, options) -> SAEConfig``, so ``SAE.get_config`` fetches
@@ -99,6 +107,7 @@ def register_loader(
     def decorator(fn: LoadFn) -> LoadFn:
         if not callable(fn):
             raise LoaderRegistrationError(f"loader {name!r}: load must be callable")
+        _discover()  # built-ins first, so a user loader reusing a built-in name is caught here
         existing = _LOADERS.get(name)
         if existing is not None and not replace and existing.load is not fn:
             raise LoaderRegistrationError(
@@ -157,6 +166,17 @@ def get_loader(name: str) -> Loader:
         ) from None
 
 
+def _entry_names(p: Path) -> set[str] | None:
+    """Names in a folder, for the detection pre-filter; None (no filter) for a file, which any loader that
+    takes single files may claim whatever its name."""
+    if p.is_dir():
+        try:
+            return set(os.listdir(p))
+        except OSError:
+            return None
+    return None
+
+
 def detect_format(path: str | Path) -> str:
     """The name of the one loader that recognises ``path``; none or several is a :class:`FormatDetectionError`."""
     p = Path(path)
@@ -164,7 +184,10 @@ def detect_format(path: str | Path) -> str:
         raise MissingFileError("no such file or folder", path=p)
     _discover()
     hits = []
+    names = _entry_names(p)
     for loader in _LOADERS.values():
+        if names is not None and not loader.could_match(names):
+            continue
         try:
             if loader.detect(p):
                 hits.append(loader.name)
