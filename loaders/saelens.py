@@ -38,7 +38,7 @@ def load_config(path: Path, options: dict[str, Any]) -> SAEConfig:
     return cfg
 
 
-@register_loader("saelens", files=[CONFIG, WEIGHTS, "sparsity.safetensors"], detect=detect,
+@register_loader("saelens", files=[CONFIG, WEIGHTS], detect=detect,
                  options=["norm_scaling_factor"], config_files=[CONFIG], load_config=load_config)
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """SAELens 6 / pre-6 folder (also the native sae-hub format)."""
