@@ -145,6 +145,8 @@ def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) 
                     continue  # not cached: if the loader needs it, it says which file is missing
                 except EntryNotFoundError:
                     continue  # an optional file this repo does not have
+                except Exception as e:
+                    raise _wrap_hub_error(e, src, name) from e
                 local_root = got.parents[len(Path(name).parts) - 1]
     except SaeHubError:
         raise

@@ -173,7 +173,7 @@ def test_persistent_failure_names_repo_and_file_then_recovers(hub, no_backoff_sl
     hub.fail("sae_weights.safetensors", status=500, times=100, method="GET")
     with pytest.raises(DownloadError) as e:
         SAE.from_pretrained("test-gpt2-res", "layer_3/topk")
-    assert REPO in str(e.value)
+    assert REPO in str(e.value) and "blocks.3/topk/sae_weights.safetensors" in str(e.value)
     assert not list(Path(os.environ["HF_HUB_CACHE"]).rglob("*.incomplete"))
     hub.clear_faults()
     assert SAE.from_pretrained("test-gpt2-res", "layer_3/topk").cfg.k == 6
