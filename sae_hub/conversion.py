@@ -61,7 +61,7 @@ def _convert_one(src: Path, dst: Path, fmt: str, dtype: torch.dtype | str | None
 
     loader = get_loader(fmt)
     if src.is_dir():
-        files = sorted({f for pat in loader.files for f in src.glob(pat) if f.is_file()})
+        files = [src / name for name in loader.files_in(src)]
     else:
         files = [src]
     hashes = _hash_sources(files)

@@ -76,10 +76,11 @@ def dtype_to_str(dtype: torch.dtype) -> str:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Parse a JSON file; missing or malformed files raise typed errors naming the file."""
     p = Path(path)
-    if not p.is_file():
-        raise MissingFileError("required file not found", path=p)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise MissingFileError("required file not found", path=p) from None
     except UnicodeDecodeError as e:
         raise CorruptFileError(f"not UTF-8 text: {e}", path=p) from None
     try:
@@ -181,19 +182,24 @@ class SafetensorsHeader:
 def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """Parse and validate a safetensors header; truncation and corruption raise :class:`CorruptFileError`."""
     p = Path(path)
-    if not p.is_file():
-        raise MissingFileError("required file not found", path=p)
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CorruptFileError(f"not a safetensors file: only {size} bytes", path=p)
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise CorruptFileError(
-                f"not a safetensors file or truncated: header claims {n} bytes, file has {size}", path=p
-            )
-        raw = f.read(n)
+    try:
+        f = open(p, "rb")  # noqa: SIM115 - closed below; one open serves stat and read
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise MissingFileError("required file not found", path=p) from None
+    with f:
+        return _parse_header(f, p)
+
+
+def _parse_header(f: Any, p: Path) -> SafetensorsHeader:
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    if len(head) < 8:
+        raise CorruptFileError(f"not a safetensors file: only {size} bytes", path=p)
+    (n,) = struct.unpack("<Q", head)
+    if n > _MAX_HEADER or 8 + n > size:
+        raise CorruptFileError(f"not a safetensors file or truncated: header claims {n} bytes, file has {size}",
+                               path=p)
+    raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -235,12 +241,17 @@ def read_safetensors(
     The mapping is private copy-on-write: the returned tensors are writable (in-place folds work) and
     writes never reach the file. Tensors keep the mapping alive for as long as they live.
     """
-    header = read_safetensors_header(path)
-    wanted = header.keys() if keys is None else keys
-    out: dict[str, torch.Tensor] = {}
-    if not wanted:
-        return out, dict(header.metadata)
-    with open(header.path, "rb") as f:
+    p = Path(path)
+    try:
+        f = open(p, "rb")  # noqa: SIM115 - closed below
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise MissingFileError("required file not found", path=p) from None
+    with f:
+        header = _parse_header(f, p)
+        wanted = header.keys() if keys is None else keys
+        out: dict[str, torch.Tensor] = {}
+        if not wanted:
+            return out, dict(header.metadata)
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     for key in wanted:
         info = header.entries[key]

@@ -16,9 +16,11 @@ the ``sae_hub.loaders`` entry-point group, or by calling :func:`register_loader`
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import os
 import pkgutil
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +62,25 @@ class Loader:
     config_files: tuple[str, ...] = ()
     load_config: ConfigFn | None = None
 
+    @functools.cached_property
+    def _heads(self) -> re.Pattern[str]:
+        return re.compile("|".join(fnmatch.translate(pat.split("/", 1)[0]) for pat in self.files))
+
     def could_match(self, entries: set[str]) -> bool:
         """Cheap pre-filter for detecting a folder: does any declared file pattern's first path component match
         one of ``entries`` (the names in the folder)? ``detect`` runs only when it does."""
-        heads = {pat.split("/", 1)[0] for pat in self.files}
-        return any(fnmatch.fnmatchcase(e, h) for h in heads for e in entries)
+        match = self._heads.match
+        return any(match(e) for e in entries)
+
+    def files_in(self, folder: Path) -> list[str]:
+        """The declared files present in ``folder`` (relative names, sorted)."""
+        found = set()
+        for pat in self.files:
+            if any(c in pat for c in "*?["):
+                found.update(str(c.relative_to(folder)) for c in folder.glob(pat) if c.is_file())
+            elif (folder / pat).is_file():
+                found.add(pat)
+        return sorted(found)
 
     def matching_files(self, names: Iterable[str]) -> list[str]:
         """Which of ``names`` (paths relative to an SAE folder) this format may read."""
@@ -169,22 +185,20 @@ def get_loader(name: str) -> Loader:
 def _entry_names(p: Path) -> set[str] | None:
     """Names in a folder, for the detection pre-filter; None (no filter) for a file, which any loader that
     takes single files may claim whatever its name."""
-    if p.is_dir():
-        try:
-            return set(os.listdir(p))
-        except OSError:
-            return None
-    return None
+    try:
+        return set(os.listdir(p))
+    except OSError:  # a file (NotADirectoryError) or unreadable
+        return None
 
 
 def detect_format(path: str | Path) -> str:
     """The name of the one loader that recognises ``path``; none or several is a :class:`FormatDetectionError`."""
     p = Path(path)
-    if not p.exists():
+    names = _entry_names(p)
+    if names is None and not p.exists():
         raise MissingFileError("no such file or folder", path=p)
     _discover()
     hits = []
-    names = _entry_names(p)
     for loader in _LOADERS.values():
         if names is not None and not loader.could_match(names):
             continue
@@ -246,9 +260,12 @@ def load_local(
     into a :class:`CorruptFileError` naming the loader and the path.
     """
     p = Path(path)
-    if not p.exists():
+    if format is None:
+        name = detect_format(p)  # also reports a missing path
+    elif not p.exists():
         raise MissingFileError("no such file or folder", path=p)
-    name = format if format is not None else detect_format(p)
+    else:
+        name = format
     loader = get_loader(name)
     opts = _checked_options(loader, p, options)
     try:
@@ -262,8 +279,7 @@ def load_local(
         prov.source_format = name
     if not prov.source_files:
         if p.is_dir():
-            names = sorted({str(c.relative_to(p)) for pat in loader.files for c in p.glob(pat) if c.is_file()})
-            prov.source_files = [{"name": n} for n in names]
+            prov.source_files = [{"name": n} for n in loader.files_in(p)]
         else:
             prov.source_files = [{"name": p.name}]
     return cfg, state_dict, str(p)
