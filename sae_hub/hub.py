@@ -305,10 +305,12 @@ def get_config(release: str, sae_id: str, *, revision: str | None = None, local_
                format: str | None = None, **options: Any) -> SAEConfig:
     """The config of an SAE, fetching only what the format needs for it.
 
-    For formats whose loader can read the config alone (``config_files``), only those files are fetched;
-    otherwise the weights are fetched (memory-mapped, not read) and their shapes fill the config.
+    For formats whose loader can read the config alone (``config_files``), only those files are fetched. For
+    formats whose weights are safetensors, only their headers and small tensors are read (byte ranges) and
+    the loader builds the config from them. Otherwise (``.npz``/``.pt`` weights, or offline) the weights are
+    fetched (memory-mapped, not read) and their shapes fill the config.
     """
-    from sae_hub.loading import get_loader, load_local_config
+    from sae_hub.loading import get_loader, load_local, load_local_config
 
     src = _resolve(release, sae_id, revision, format)
     offline = _offline(local_files_only)
@@ -320,15 +322,83 @@ def get_config(release: str, sae_id: str, *, revision: str | None = None, local_
         else:
             target = _download(src, list(loader.config_files), offline=offline, force=False)
         cfg = load_local_config(target, format=fmt, options=options)
+    elif (fmt is not None and src.repo_id is not None and not offline
+          and (stub := _header_stub(src, get_loader(fmt))) is not None):
+        with stub as folder:
+            cfg, _, _ = load_local(Path(folder) / src.path if src.path not in ("", ".") else Path(folder),
+                                   format=fmt, options=options)
     else:
         target, fmt = _local_target(src, offline, False)
-        from sae_hub.loading import load_local
-
         cfg, _, _ = load_local(target, format=fmt, options=options)
     _apply_registry(cfg, src)
     if src.files:
         cfg.provenance.source_files = src.files
     return cfg
+
+
+_SMALL_TENSOR = 1 << 16  # bytes: tensors up to this size (scalars, norms) are fetched for real
+
+
+def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[str] | None:
+    """A local stand-in of an SAE folder whose safetensors files hold only the real header and small tensors.
+
+    Config files are fetched normally; each ``.safetensors`` file is read remotely by byte ranges
+    (``HfFileSystem``): its header (shapes, dtypes) and tensors under 64 KiB (norm constants and the like), and
+    written as a sparse file of the right size with zeros elsewhere. The loader then builds the config from it
+    without the weights being downloaded. Returns None when the format's files are not all of that kind (e.g.
+    ``.npz``/``.pt`` weights), so the caller falls back to a full fetch.
+    """
+    import json
+    import struct
+
+    from huggingface_hub import HfApi, HfFileSystem, hf_hub_download
+
+    assert src.repo_id is not None
+    prefix = "" if src.path in ("", ".") else src.path.rstrip("/") + "/"
+    try:
+        listing = HfApi().list_repo_files(src.repo_id, revision=src.revision)
+    except Exception as e:
+        raise _wrap_hub_error(e, src) from e
+    names = [n for n in listing if n.startswith(prefix) and loader.matching_files([n[len(prefix):]])]
+    if not names or any(not n.endswith((".safetensors", ".json", ".yaml", ".yml", ".txt")) for n in names):
+        return None
+    tmp = tempfile.TemporaryDirectory(prefix="sae-hub-config-")
+    fs = HfFileSystem(skip_instance_cache=True)
+    try:
+        for name in names:
+            dest = Path(tmp.name) / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not name.endswith(".safetensors"):
+                Path(dest).write_bytes(Path(hf_hub_download(src.repo_id, name, revision=src.revision)).read_bytes())
+                continue
+            with fs.open(f"{src.repo_id}/{name}", "rb", revision=src.revision, block_size=1 << 16) as f:
+                size = f.size
+                (n,) = struct.unpack("<Q", f.read(8))
+                raw = f.read(n)
+                header = json.loads(raw)
+                small = []
+                for key, info in header.items():
+                    if key == "__metadata__":
+                        continue
+                    begin, end = info["data_offsets"]
+                    if end - begin <= _SMALL_TENSOR:
+                        f.seek(8 + n + begin)
+                        small.append((8 + n + begin, f.read(end - begin)))
+            with open(dest, "wb") as out:
+                out.write(struct.pack("<Q", n) + raw)
+                for offset, data in small:
+                    out.seek(offset)
+                    out.write(data)
+                out.truncate(size)
+    except SaeHubError:
+        tmp.cleanup()
+        raise
+    except Exception as e:
+        tmp.cleanup()
+        raise _wrap_hub_error(e, src) from e
+    for name in names:
+        src.files.append({"name": f"hf://{src.repo_id}@{src.revision or 'main'}/{name}"})
+    return tmp
 
 
 def model_card(sae: SAE, repo_id: str) -> str:

@@ -260,3 +260,46 @@ def test_entry_for_prints_a_valid_entry(capsys):
 
     assert sae_hub.registry.add(yaml.safe_load(text)) == ["my-sae"]
     assert sae_hub.list_saes("my-sae") == ["l2"]
+
+
+def _header_only_gets(hub, name: str) -> list[str]:
+    return [r.headers.get("range", "FULL") for r in hub.find(method="GET", path_contains=name)]
+
+
+def test_get_config_reads_only_safetensors_headers(hub, tmp_path):
+    """Gemma Scope 2 has no config file to fetch: the header (shapes) and small tensors are read by range."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 32, 4096
+    folder = "resid_post/layer_5_width_4k_l0_small"
+    save_file({"w_enc": torch.randn(d, n, generator=g), "w_dec": torch.randn(n, d, generator=g),
+               "b_enc": torch.randn(n, generator=g), "b_dec": torch.randn(d, generator=g),
+               "threshold": torch.rand(n, generator=g)}, tmp_path / "params.safetensors")
+    hub.add_file("google/gs2-test", f"{folder}/params.safetensors", (tmp_path / "params.safetensors").read_bytes())
+    sae_hub.registry.add({"releases": [{"name": "gs2-test", "model": "gemma-3-1b", "repo_id": "google/gs2-test",
+                                        "format": "gemma-scope-2", "saes": [{"id": "l5", "path": folder}]}]})
+    hub.reset_log()
+    cfg = SAE.get_config("gs2-test", "l5")
+    assert (cfg.architecture, cfg.d_in, cfg.d_sae) == ("jumprelu", d, n)
+    ranges = _header_only_gets(hub, "params.safetensors")
+    assert ranges and "FULL" not in ranges
+    fetched = sum(int(r.split("-")[1]) - int(r.split("=")[1].split("-")[0]) + 1 for r in ranges)
+    assert fetched < (tmp_path / "params.safetensors").stat().st_size / 4
+    full = SAE.from_pretrained("gs2-test", "l5").cfg
+    assert (full.architecture, full.d_in, full.d_sae, full.hook_name) == (cfg.architecture, cfg.d_in, cfg.d_sae,
+                                                                          cfg.hook_name)
+
+
+def test_get_config_lm_saes_uses_real_norm_constants(hub):
+    """lm-saes keeps its dataset norms as tiny tensors in the weights file: they are fetched, the rest is not."""
+    case = Path(__file__).parent / "fixtures" / "llamascopium" / "jumprelu_dataset_wise"
+    for name in ("config.json", "sae_weights.safetensors"):
+        hub.add_file("org/lms", f"L6R/{name}", (case / name).read_bytes())
+    sae_hub.registry.add({"releases": [{"name": "lms-test", "model": "m", "repo_id": "org/lms", "format": "lm-saes",
+                                        "saes": [{"id": "L6R", "path": "L6R"}]}]})
+    cfg = SAE.get_config("lms-test", "L6R")
+    full = SAE.from_pretrained("lms-test", "L6R").cfg
+    assert cfg.norm_scaling_factor == pytest.approx(full.norm_scaling_factor)
+    assert (cfg.architecture, cfg.d_in, cfg.d_sae, cfg.hook_name) == (full.architecture, full.d_in, full.d_sae,
+                                                                      full.hook_name)
