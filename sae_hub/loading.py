@@ -132,6 +132,7 @@ def register_loader(
             )
         doc = description if description is not None else (fn.__doc__ or "").strip().split("\n")[0]
         _LOADERS[name] = Loader(name, fn, detect, patterns, tuple(options), doc, tuple(config_files), load_config)
+        _DETECTED.clear()
         return fn
 
     return decorator
@@ -191,9 +192,30 @@ def _entry_names(p: Path) -> set[str] | None:
         return None
 
 
+_DETECTED: dict[tuple[str, int, int, int], str] = {}
+
+
 def detect_format(path: str | Path) -> str:
-    """The name of the one loader that recognises ``path``; none or several is a :class:`FormatDetectionError`."""
+    """The name of the one loader that recognises ``path``; none or several is a :class:`FormatDetectionError`.
+
+    Results are remembered per (path, inode, mtime, number of loaders): renaming or adding files changes a
+    folder's mtime, and registering a loader changes the count, so a stale answer cannot be returned.
+    """
     p = Path(path)
+    try:
+        st = os.stat(p)
+        key: tuple[str, int, int, int] | None = (os.fspath(p), st.st_ino, st.st_mtime_ns, len(_LOADERS))
+        if key in _DETECTED:
+            return _DETECTED[key]  # type: ignore[index]
+    except OSError:
+        key = None
+    name = _detect_format(p)
+    if key is not None:
+        _DETECTED[key] = name
+    return name
+
+
+def _detect_format(p: Path) -> str:
     names = _entry_names(p)
     if names is None and not p.exists():
         raise MissingFileError("no such file or folder", path=p)

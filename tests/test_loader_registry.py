@@ -112,3 +112,16 @@ def test_entry_point_plugin_is_discovered(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert "'plugin-demo'" in out.stdout and "'saelens'" in out.stdout
+
+
+def test_detection_cache_never_returns_a_stale_format(tmp_path, scratch_loaders):
+    shutil.copytree(FIX / "standard", tmp_path / "s")
+    assert sae_hub.detect_format(tmp_path / "s") == "saelens"
+    (tmp_path / "s" / "cfg.json").rename(tmp_path / "s" / "old_cfg.json")
+    with pytest.raises(FormatDetectionError):
+        sae_hub.detect_format(tmp_path / "s")
+    (tmp_path / "s" / "old_cfg.json").rename(tmp_path / "s" / "cfg.json")
+    assert sae_hub.detect_format(tmp_path / "s") == "saelens"
+    sae_hub.register_loader("greedy2", files=["cfg.json"], detect=lambda p: True)(lambda p, o: None)
+    with pytest.raises(FormatDetectionError, match="ambiguous"):  # a new loader invalidates cached answers
+        sae_hub.detect_format(tmp_path / "s")
