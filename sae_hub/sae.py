@@ -505,6 +505,15 @@ class SAE(nn.Module):
         return push_to_hub(self, repo_id, path_in_repo, revision=revision, private=private,
                            commit_message=commit_message, token=token, sparsity=sparsity)
 
+    def neuronpedia_url(self, feature: int) -> str:
+        """The Neuronpedia page of a feature (needs ``cfg.neuronpedia_id``, which registry releases provide)."""
+        if not self.cfg.neuronpedia_id:
+            raise ConfigError("this SAE has no neuronpedia_id (load it from a registry release that lists one, "
+                              "or set cfg.neuronpedia_id)", field="neuronpedia_id")
+        if not 0 <= int(feature) < self.cfg.d_sae:
+            raise ConfigError(f"feature {feature} is out of range [0, {self.cfg.d_sae})", field="feature")
+        return f"https://www.neuronpedia.org/{self.cfg.neuronpedia_id}/{int(feature)}"
+
     @property
     def provenance(self) -> Provenance:
         return self.cfg.provenance

@@ -307,3 +307,12 @@ def test_saelens_architecture_names():
     ranked = SAEConfig(architecture="topk", d_in=4, d_sae=8, k=2, rank_by_decoder_norm=True, d_out=3)
     assert ranked.saelens_architecture() == "topk_rank_by_decoder_norm_transcoder"  # SAELens refuses it
     assert SAEConfig.from_dict(ranked.to_dict()) == ranked.replace(extra={"sae_lens_version": "6.0.0"})
+
+
+def test_neuronpedia_url():
+    sae = make_sae("relu", neuronpedia_id="gpt2-small/8-res-jb")
+    assert sae.neuronpedia_url(7) == "https://www.neuronpedia.org/gpt2-small/8-res-jb/7"
+    with pytest.raises(ConfigError, match="out of range"):
+        sae.neuronpedia_url(40)
+    with pytest.raises(ConfigError, match="neuronpedia_id"):
+        make_sae("relu").neuronpedia_url(0)
