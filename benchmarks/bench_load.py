@@ -36,7 +36,7 @@ def main() -> None:
         size_mib = weights.stat().st_size / 2**20
         weights.read_bytes()  # warm the page cache once for both contenders
         setup_st = "import torch; from safetensors.torch import load_file"
-        setup_sh = "import torch; from sae_hub import SAE; import sae_hub.loaders.saelens"
+        setup_sh = "import torch; from sae_hub import SAE"
         touch = "\n_ = sum(float(t.float().sum()) for t in {})"
         cases = {
             "safetensors load_file": (setup_st, f"sd = load_file({str(weights)!r})", "sd.values()"),

@@ -20,7 +20,6 @@ import functools
 import importlib
 import os
 import pkgutil
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +62,18 @@ class Loader:
     load_config: ConfigFn | None = None
 
     @functools.cached_property
-    def _heads(self) -> re.Pattern[str]:
-        return re.compile("|".join(fnmatch.translate(pat.split("/", 1)[0]) for pat in self.files))
+    def _heads(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        heads = {pat.split("/", 1)[0] for pat in self.files}
+        globs = tuple(h for h in heads if any(c in h for c in "*?["))
+        return frozenset(heads.difference(globs)), globs
 
     def could_match(self, entries: set[str]) -> bool:
         """Cheap pre-filter for detecting a folder: does any declared file pattern's first path component match
         one of ``entries`` (the names in the folder)? ``detect`` runs only when it does."""
-        match = self._heads.match
-        return any(match(e) for e in entries)
+        literal, globs = self._heads
+        if not literal.isdisjoint(entries):
+            return True
+        return any(fnmatch.fnmatchcase(e, g) for g in globs for e in entries)
 
     def files_in(self, folder: Path) -> list[str]:
         """The declared files present in ``folder`` (relative names, sorted)."""
@@ -89,6 +92,7 @@ class Loader:
 
 _LOADERS: dict[str, Loader] = {}
 _discovered = False
+_plugins_discovered = False
 
 
 def register_loader(
@@ -138,39 +142,47 @@ def register_loader(
     return decorator
 
 
-def _discover() -> None:
-    """Import the built-in loader modules and the entry points, once, on first use."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import sae_hub.loaders as builtin
+def _discover(*, plugins: bool = False) -> None:
+    """Import the built-in loader modules once, on first use; with ``plugins``, the entry points as well.
 
-    for info in pkgutil.iter_modules(builtin.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{builtin.__name__}.{info.name}")
-    from importlib.metadata import entry_points
+    Entry points are scanned only when needed (listing loaders, a format name no built-in provides, or a path
+    no built-in recognises): reading every installed distribution's metadata costs milliseconds, more than
+    loading an SAE. So built-in formats win autodetection; pass ``format=`` to pick a plugin explicitly.
+    """
+    global _discovered, _plugins_discovered
+    if not _discovered:
+        _discovered = True
+        import sae_hub.loaders as builtin
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except SaeHubError:
-            raise
-        except Exception as e:
-            raise LoaderRegistrationError(
-                f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP!r} failed to import: {e!r}"
-            ) from e
+        for info in pkgutil.iter_modules(builtin.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{builtin.__name__}.{info.name}")
+    if plugins and not _plugins_discovered:
+        _plugins_discovered = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()
+            except SaeHubError:
+                raise
+            except Exception as e:
+                raise LoaderRegistrationError(
+                    f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP!r} failed to import: {e!r}"
+                ) from e
 
 
 def list_loaders() -> list[str]:
     """Names of every registered loader (built-in, entry points, and ones registered at run time)."""
-    _discover()
+    _discover(plugins=True)
     return sorted(_LOADERS)
 
 
 def get_loader(name: str) -> Loader:
     """The loader registered as ``name``; an unknown name lists the known ones."""
     _discover()
+    if name not in _LOADERS:
+        _discover(plugins=True)
     try:
         return _LOADERS[name]
     except KeyError:
@@ -215,13 +227,9 @@ def detect_format(path: str | Path) -> str:
     return name
 
 
-def _detect_format(p: Path) -> str:
-    names = _entry_names(p)
-    if names is None and not p.exists():
-        raise MissingFileError("no such file or folder", path=p)
-    _discover()
+def _detect_hits(p: Path, names: set[str] | None) -> list[str]:
     hits = []
-    for loader in _LOADERS.values():
+    for loader in list(_LOADERS.values()):
         if names is not None and not loader.could_match(names):
             continue
         try:
@@ -231,6 +239,18 @@ def _detect_format(p: Path) -> str:
             raise
         except Exception:  # a third-party detect that crashes on a foreign folder just does not match
             continue
+    return hits
+
+
+def _detect_format(p: Path) -> str:
+    names = _entry_names(p)
+    if names is None and not p.exists():
+        raise MissingFileError("no such file or folder", path=p)
+    _discover()
+    hits = _detect_hits(p, names)
+    if not hits and not _plugins_discovered:
+        _discover(plugins=True)
+        hits = _detect_hits(p, names)
     if len(hits) == 1:
         return hits[0]
     found = sorted(str(c.relative_to(p)) for c in p.rglob("*") if c.is_file())[:30] if p.is_dir() else [p.name]

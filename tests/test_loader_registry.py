@@ -109,9 +109,14 @@ def test_entry_point_plugin_is_discovered(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sae-hub-plugin-demo\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[sae_hub.loaders]\nplugin-demo = sae_hub_plugin_demo\n")
     code = "import sae_hub; print(sae_hub.list_loaders())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert "'plugin-demo'" in out.stdout and "'saelens'" in out.stdout
+    (tmp_path / "sae").mkdir()
+    (tmp_path / "sae" / "plugin.marker").write_text("x")
+    code = f"import sae_hub; print(sae_hub.detect_format({str(tmp_path / 'sae')!r}))"  # no built-in matches
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "plugin-demo"
 
 
 def test_detection_cache_never_returns_a_stale_format(tmp_path, scratch_loaders):
