@@ -29,8 +29,8 @@ _EXPORTS: dict[str, str] = {
 _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
     "ShapeMismatchError", "UnsupportedSAEError", "UnsafeCheckpointError", "FormatDetectionError",
-    "LoaderRegistrationError", "RegistryError", "UnknownReleaseError", "UnknownSAEError", "DownloadError",
-    "IntegrityError",
+    "LoaderRegistrationError", "NeuronpediaError", "RegistryError", "UnknownReleaseError", "UnknownSAEError",
+    "DownloadError", "IntegrityError",
 )
 _EXPORTS.update({name: "sae_hub.errors" for name in _ERRORS})
 

@@ -20,6 +20,7 @@ __all__ = [
     "IntegrityError",
     "LoaderRegistrationError",
     "MissingFileError",
+    "NeuronpediaError",
     "RegistryError",
     "SaeHubError",
     "ShapeMismatchError",
@@ -114,3 +115,21 @@ class DownloadError(SaeHubError, OSError):
 
 class IntegrityError(SaeHubError):
     """A file's sha256 differs from the one the registry pins; the file was not used."""
+
+
+class NeuronpediaError(DownloadError):
+    """Fetching from Neuronpedia failed; ``url`` is the request, ``status`` the HTTP status if one came back."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None,
+                 path: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, path=path, field=field)
+        self.url = url
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_np, (self.message, self.url, self.status, self.path, self.field))
+
+
+def _rebuild_np(message: str, url: str | None, status: int | None, path: str | None,
+                field: str | None) -> NeuronpediaError:
+    return NeuronpediaError(message, url=url, status=status, path=path, field=field)

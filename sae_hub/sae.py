@@ -512,7 +512,9 @@ class SAE(nn.Module):
                               "or set cfg.neuronpedia_id)", field="neuronpedia_id")
         if not 0 <= int(feature) < self.cfg.d_sae:
             raise ConfigError(f"feature {feature} is out of range [0, {self.cfg.d_sae})", field="feature")
-        return f"https://www.neuronpedia.org/{self.cfg.neuronpedia_id}/{int(feature)}"
+        from sae_hub.analysis.neuronpedia import resolve_base_url
+
+        return f"{resolve_base_url()}/{self.cfg.neuronpedia_id}/{int(feature)}"
 
     @property
     def provenance(self) -> Provenance:
