@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["describe", "main"]
@@ -112,26 +109,120 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _boot_model(name: str, device: str | None) -> Any:
+    """A TransformerLens model: TransformerBridge (TL 4, compatibility mode) or HookedTransformer (TL 3)."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained(name, device=device or "cpu")
+    model = TransformerBridge.boot_transformers(name, device=device or "cpu")
+    model.enable_compatibility_mode()
+    return model
+
+
+def _read_dataset(spec: str, column: str) -> Any:
+    """Texts from a .txt file (one document per line), a .jsonl file (``column``), or a saved/hub ``datasets``
+    dataset."""
+    from pathlib import Path as _Path
+
+    p = _Path(spec)
+    if p.is_file() and p.suffix == ".txt":
+        return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if p.is_file() and p.suffix in (".jsonl", ".json"):
+        import json
+
+        return [json.loads(line)[column] for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    import datasets
+
+    if p.is_dir():
+        return datasets.load_from_disk(str(p))
+    return datasets.load_dataset(spec, split="train")
+
+
+def _read_train_config(path: str, overrides: list[str]) -> Any:
+    import json
+    from pathlib import Path as _Path
+
+    from sae_hub.training import TrainConfig
+
+    text = _Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    data.update(_parse_options(overrides))
+    return TrainConfig.from_dict(data)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sae_hub.training import train_sae
+
+    cfg = _read_train_config(args.config, args.set)
+    if args.cache:
+        from sae_hub.training.activations import ActivationCache
+
+        source: Any = ActivationCache(args.cache, args.hook or cfg.hook_name)
+    elif args.model and args.dataset:
+        from sae_hub.training.activations import ModelActivationSource
+
+        hook = args.hook or cfg.hook_name
+        if not hook:
+            raise SystemExit("sae-hub: error: give --hook or hook_name in the config")
+        model = _boot_model(args.model, args.model_device)
+        source = ModelActivationSource(model, _read_dataset(args.dataset, args.column), hook,
+                                       context_size=args.context_size)
+    else:
+        raise SystemExit("sae-hub: error: give --cache DIR, or --model and --dataset")
+    if args.out:
+        cfg.output_dir = args.out
+    sae = train_sae(cfg, source, resume=args.resume or None)
+    print(f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae}; metrics: {sae.cfg.extra.get('metrics')}")
+    if cfg.output_dir:
+        print(cfg.output_dir)
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from sae_hub.training.activations import cache_activations
+
+    model = _boot_model(args.model, args.model_device)
+    manifest = cache_activations(model, _read_dataset(args.dataset, args.column), args.hook, args.out,
+                                 n_tokens=args.n_tokens, context_size=args.context_size, dtype=args.dtype)
+    print(f"cached {manifest.get('n_tokens')} tokens for {', '.join(args.hook)} in {args.out}")
+    return 0
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from sae_hub import SAE
+
+    sae = SAE.load_from_disk(args.path, format=args.format)
+    sparsity = None
+    from pathlib import Path as _Path
+
+    if (_Path(args.path) / "sparsity.safetensors").is_file():
+        from sae_hub.files import read_safetensors
+
+        sparsity = read_safetensors(_Path(args.path) / "sparsity.safetensors")[0].get("sparsity")
+    url = sae.push_to_hub(args.repo_id, args.path_in_repo, private=args.private or None,
+                          commit_message=args.message, sparsity=sparsity)
+    print(url)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+    from sae_hub import demo
 
-    from sae_hub import SAE, SAEConfig
-
-    torch.manual_seed(0)
-    cfg = SAEConfig(architecture="topk", d_in=64, d_sae=512, k=8, apply_b_dec_to_input=True,
-                    model_name="demo", hook_name="blocks.0.hook_resid_post")
-    sae = SAE(cfg)
-    x = torch.randn(256, 64)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sae-hub-demo-"))
-    t0 = time.perf_counter()
-    sae.save_pretrained(out)
-    back = SAE.load_from_disk(out)
-    dt = time.perf_counter() - t0
-    same = torch.equal(back(x), sae(x))
-    print(f"saved and reloaded a {cfg.architecture} SAE in {dt * 1000:.1f} ms at {out}")
-    print(describe(back))
-    print(f"reconstructions identical after reload: {same}")
-    return 0 if same else 1
+    if args.release or args.sae_id:
+        if not (args.release and args.sae_id):
+            raise SystemExit("sae-hub: error: --release and --sae-id go together")
+        demo.run_hub_demo(args.release, args.sae_id)
+        return 0
+    result = demo.run_synthetic_demo(args.out, steps=args.steps, progress=not args.no_progress)
+    return 0 if all(result["metrics"][k] >= t for k, t in demo.TARGETS.items()) else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,10 +230,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="save, reload and describe an SAE (offline)",
-                       description="Offline demo.\n\nexample:\n  sae-hub demo --out /tmp/demo-sae",
+    d = sub.add_parser("demo", help="train, save, reload and report on an SAE in about a minute (offline)",
+                       description="Offline by default: trains a TopK SAE on planted-feature synthetic data, "
+                                   "saves it, registers it as a local release, loads it back with "
+                                   "SAE.from_pretrained, prints recovery metrics next to targets and writes an "
+                                   "HTML report.\n\nexamples:\n  sae-hub demo --out /tmp/demo\n"
+                                   "  sae-hub demo --release gpt2-small-res-jb --sae-id blocks.8.hook_resid_pre",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--out", help="folder to write the SAE to (default: a temp dir)")
+    d.add_argument("--out", help="folder for the SAE and report.html (default: a temp dir)")
+    d.add_argument("--steps", type=int, default=1500, help="training steps (batches of 1024 tokens)")
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--release", help="real flow: a registry release (needs the Hub)")
+    d.add_argument("--sae-id", help="real flow: the SAE id in that release")
     d.set_defaults(func=_cmd_demo)
 
     ls = sub.add_parser("list", help="list the releases in the registry",
@@ -177,6 +276,52 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="loader option, value parsed as JSON when possible (repeatable)")
     cv.set_defaults(func=_cmd_convert)
+
+    tr = sub.add_parser("train", help="train an SAE from a YAML/JSON TrainConfig",
+                        description="Train on a model + dataset or on an activation cache.\n\nexamples:\n"
+                                    "  sae-hub train cfg.yaml --cache acts/ --out my_sae/\n"
+                                    "  sae-hub train cfg.yaml --model gpt2 --dataset texts.txt "
+                                    "--hook blocks.6.hook_resid_post --set steps=2000",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("config", help="TrainConfig as YAML or JSON (sae_hub.training.TrainConfig fields)")
+    tr.add_argument("--cache", help="activation cache folder (from cache-activations)")
+    tr.add_argument("--model", help="TransformerLens model name or local HF folder")
+    tr.add_argument("--model-device", default=None)
+    tr.add_argument("--dataset", help=".txt (one document per line), .jsonl, or a datasets name/folder")
+    tr.add_argument("--column", default="text")
+    tr.add_argument("--hook", help="hook name (default: hook_name in the config)")
+    tr.add_argument("--context-size", type=int, default=128)
+    tr.add_argument("--out", help="output folder (native format)")
+    tr.add_argument("--resume", help="checkpoint folder to resume from")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    tr.set_defaults(func=_cmd_train)
+
+    ca = sub.add_parser("cache-activations", help="run a model once and cache activations of several hooks",
+                        description="example:\n  sae-hub cache-activations --model gpt2 --dataset texts.txt "
+                                    "--hook blocks.6.hook_resid_post --hook blocks.8.hook_resid_post "
+                                    "--n-tokens 1000000 --out acts/",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ca.add_argument("--model", required=True)
+    ca.add_argument("--model-device", default=None)
+    ca.add_argument("--dataset", required=True)
+    ca.add_argument("--column", default="text")
+    ca.add_argument("--hook", action="append", required=True)
+    ca.add_argument("--n-tokens", type=int, required=True)
+    ca.add_argument("--context-size", type=int, default=128)
+    ca.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ca.add_argument("--out", required=True)
+    ca.set_defaults(func=_cmd_cache)
+
+    up = sub.add_parser("upload", help="upload a local SAE to the Hub (native format + model card)",
+                        description="example:\n  sae-hub upload my_sae/ me/my-sae",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    up.add_argument("path")
+    up.add_argument("repo_id")
+    up.add_argument("--path-in-repo", default=None)
+    up.add_argument("--format", default=None)
+    up.add_argument("--private", action="store_true")
+    up.add_argument("--message", default=None)
+    up.set_defaults(func=_cmd_upload)
 
     i = sub.add_parser("inspect", help="show format, architecture, shapes, dtypes and metadata of a checkpoint",
                        description="Detect a checkpoint's format and describe it without converting.\n\n"

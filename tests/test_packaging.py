@@ -60,6 +60,9 @@ def test_wheel_contains_loaders_registry_yaml_and_py_typed(tmp_path):
     for name in yaml_in_repo:
         assert f"sae_hub/registry/{name}" in names, name
     assert "sae_hub/registry/__init__.py" in names
+    for sub in ("analysis", "training"):
+        for module in sorted((ROOT / "sae_hub" / sub).glob("*.py")):
+            assert f"sae_hub/{sub}/{module.name}" in names, module
     assert "sae_hub/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sae-hub = sae_hub.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

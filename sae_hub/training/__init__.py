@@ -1,0 +1,71 @@
+"""Training SAEs on language-model activations: ``train_sae(TrainConfig(...), activations) -> SAE``.
+
+Names resolve on first access (as in :mod:`sae_hub`), so ``import sae_hub.training`` stays cheap and importing
+one submodule (say, the activation sources) does not pull in the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    # the trainer
+    "TrainConfig": "sae_hub.training.trainer",
+    "Trainer": "sae_hub.training.trainer",
+    "train_sae": "sae_hub.training.trainer",
+    "TensorSource": "sae_hub.training.trainer",
+    "latest_checkpoint": "sae_hub.training.trainer",
+    "sparse_encode": "sae_hub.training.trainer",
+    # synthetic data with planted features, and recovery metrics
+    "SyntheticActivations": "sae_hub.training.synthetic",
+    "evaluate_recovery": "sae_hub.training.synthetic",
+    "max_cosine": "sae_hub.training.synthetic",
+    "mmcs": "sae_hub.training.synthetic",
+    "mcc": "sae_hub.training.synthetic",
+    "recovered_fraction": "sae_hub.training.synthetic",
+    # activation sources, the on-disk activation cache, and evaluate()
+    "ActivationSource": "sae_hub.training.activations",
+    "ModelActivationSource": "sae_hub.training.activations",
+    "ActivationCache": "sae_hub.training.activations",
+    "cache_activations": "sae_hub.training.activations",
+    "as_source": "sae_hub.training.activations",
+    "pack_tokens": "sae_hub.training.activations",
+    "evaluate": "sae_hub.training.evaluate",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from sae_hub.training.activations import ActivationCache as ActivationCache
+    from sae_hub.training.activations import ActivationSource as ActivationSource
+    from sae_hub.training.activations import ModelActivationSource as ModelActivationSource
+    from sae_hub.training.activations import as_source as as_source
+    from sae_hub.training.activations import cache_activations as cache_activations
+    from sae_hub.training.activations import pack_tokens as pack_tokens
+    from sae_hub.training.evaluate import evaluate as evaluate
+    from sae_hub.training.synthetic import SyntheticActivations as SyntheticActivations
+    from sae_hub.training.synthetic import evaluate_recovery as evaluate_recovery
+    from sae_hub.training.synthetic import max_cosine as max_cosine
+    from sae_hub.training.synthetic import mcc as mcc
+    from sae_hub.training.synthetic import mmcs as mmcs
+    from sae_hub.training.synthetic import recovered_fraction as recovered_fraction
+    from sae_hub.training.trainer import TensorSource as TensorSource
+    from sae_hub.training.trainer import TrainConfig as TrainConfig
+    from sae_hub.training.trainer import Trainer as Trainer
+    from sae_hub.training.trainer import latest_checkpoint as latest_checkpoint
+    from sae_hub.training.trainer import sparse_encode as sparse_encode
+    from sae_hub.training.trainer import train_sae as train_sae
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sae_hub.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

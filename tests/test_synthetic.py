@@ -1,0 +1,128 @@
+"""The synthetic activation source and the recovery metrics, checked against direct computations."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+
+import pytest
+import torch
+
+from sae_hub.training.synthetic import (
+    SyntheticActivations,
+    evaluate_recovery,
+    max_cosine,
+    mcc,
+    mmcs,
+    recovered_fraction,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are tiny: one thread is as fast, and immune to OpenMP threads spin-waiting on a shared,
+    oversubscribed CPU (which can make a 1 s test take 30 s)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_features_are_unit_and_probabilities_zipf_with_requested_mean():
+    data = SyntheticActivations(d=16, n_features=40, mean_active=3.0, zipf_exponent=1.0, seed=3)
+    assert data.features.shape == (40, 16)
+    torch.testing.assert_close(data.features.norm(dim=-1), torch.ones(40))
+    p = data.probabilities
+    assert math.isclose(float(p.sum()), 3.0, rel_tol=1e-5)
+    # p_i ∝ 1/(i+1) where nothing is capped
+    ratio = p[1:] / p[:-1]
+    torch.testing.assert_close(ratio[5:], torch.tensor([(i + 1) / (i + 2) for i in range(5, 39)]), rtol=1e-5,
+                               atol=0)
+
+
+def test_probability_cap_keeps_the_mean():
+    data = SyntheticActivations(d=8, n_features=10, mean_active=4.0, zipf_exponent=2.0, max_probability=0.5)
+    assert float(data.probabilities.max()) <= 0.5 + 1e-6
+    assert math.isclose(float(data.probabilities.sum()), 4.0, rel_tol=1e-5)
+
+
+def test_batches_are_the_planted_model_and_seeded():
+    data = SyntheticActivations(d=12, n_features=30, mean_active=4.0, noise_std=0.0, seed=1)
+    x, codes = data.sample_with_codes(5000, seed=7, index=2)
+    torch.testing.assert_close(x, codes @ data.features)
+    # empirical firing rates follow the probabilities; magnitudes are in range
+    rate = (codes > 0).float().mean(0)
+    assert (rate - data.probabilities).abs().max() < 0.05
+    assert float(codes[codes > 0].min()) >= 0.5 and float(codes.max()) <= 1.5
+    assert abs(float((codes > 0).sum(-1).float().mean()) - 4.0) < 0.15
+    assert torch.equal(data.sample_batch(100, seed=7, index=2), data.sample_batch(100, seed=7, index=2))
+    assert not torch.equal(data.sample_batch(100, seed=7, index=2), data.sample_batch(100, seed=7, index=3))
+    # the features depend on the data seed only
+    assert torch.equal(SyntheticActivations(d=12, n_features=30, seed=1).features, data.features)
+    assert not torch.equal(SyntheticActivations(d=12, n_features=30, seed=2).features, data.features)
+
+
+def test_noise_has_the_requested_std():
+    data = SyntheticActivations(d=64, n_features=8, mean_active=0.01, noise_std=0.3, seed=0)
+    x, codes = data.sample_with_codes(4000)
+    resid = x - codes @ data.features
+    assert abs(float(resid.std()) - 0.3) < 0.01
+
+
+def test_source_protocol_ranks_are_disjoint_slices_of_the_global_batch_and_resumable():
+    data = SyntheticActivations(d=8, n_features=20, seed=0)
+    single = list(itertools.islice(data.batches(64, seed=5), 4))
+    r0 = list(itertools.islice(data.batches(32, seed=5, rank=0, world_size=2), 4))
+    r1 = list(itertools.islice(data.batches(32, seed=5, rank=1, world_size=2), 4))
+    for s, a, b in zip(single, r0, r1, strict=True):
+        assert torch.equal(s, torch.cat([a, b]))
+    resumed = list(itertools.islice(data.batches(64, seed=5, start=2), 2))
+    assert torch.equal(resumed[0], single[2]) and torch.equal(resumed[1], single[3])
+    assert data.d_in == 8
+
+
+def test_metrics_on_known_decoders():
+    torch.manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(20, 10), dim=-1)
+    # a decoder that contains every feature (scaled, permuted, plus junk rows) recovers all of them
+    dec = torch.cat([3.0 * feats[torch.randperm(20)], torch.randn(5, 10)])
+    assert mmcs(dec, feats) == pytest.approx(1.0, abs=1e-6)
+    assert recovered_fraction(dec, feats, 0.99) == 1.0
+    # remove half the features: their best cosines are whatever the rest give; compare with a direct loop
+    half = dec[:10]
+    direct = [max(float(torch.nn.functional.cosine_similarity(f, r, dim=0)) for r in half) for f in feats]
+    torch.testing.assert_close(max_cosine(half, feats), torch.tensor(direct), atol=1e-6, rtol=0)
+    assert mmcs(half, feats) == pytest.approx(sum(direct) / 20, abs=1e-6)
+    assert recovered_fraction(half, feats, 0.9) == pytest.approx(sum(c > 0.9 for c in direct) / 20)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scipy") is None, reason="mcc needs scipy (optional)")
+def test_mcc_is_the_best_one_to_one_matching():
+    torch.manual_seed(1)
+    feats = torch.nn.functional.normalize(torch.randn(5, 6), dim=-1)
+    dec = torch.nn.functional.normalize(torch.randn(6, 6), dim=-1)
+    sim = feats @ dec.T
+    best = max(sum(float(sim[i, p[i]]) for i in range(5)) for p in itertools.permutations(range(6), 5)) / 5
+    assert mcc(dec, feats) == pytest.approx(best, abs=1e-6)
+    # a duplicated latent counts once under MCC, as often as it matches under MMCS
+    dup = torch.stack([feats[0], feats[0]])
+    assert mmcs(dup, feats[:1].repeat(2, 1)) == pytest.approx(1.0)
+    assert mcc(torch.cat([feats[:1], -feats[:1]]), feats[:1].repeat(2, 1)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evaluate_recovery_of_the_ground_truth_sae():
+    """An SAE whose decoder *is* the features and whose encoder reads the codes exactly scores perfectly
+    (a tiny JumpReLU threshold removes the pseudo-inverse's round-off from L0)."""
+    from sae_hub import SAE, SAEConfig
+
+    data = SyntheticActivations(d=32, n_features=16, mean_active=2.0, seed=0)  # n < d: exactly invertible
+    cfg = SAEConfig(architecture="jumprelu", d_in=32, d_sae=16)
+    W_dec = data.features
+    sae = SAE.from_state_dict(cfg, {"W_enc": torch.linalg.pinv(W_dec), "b_enc": torch.zeros(16),
+                                    "W_dec": W_dec.clone(), "b_dec": torch.zeros(32),
+                                    "threshold": torch.full((16,), 1e-4)})
+    out = evaluate_recovery(sae, data, n_tokens=5000)
+    assert out["mmcs"] == pytest.approx(1.0, abs=1e-5) and out["recovered_0.99"] == 1.0
+    assert out["fvu"] < 1e-8
+    assert out["l0"] == pytest.approx(2.0, abs=0.1)
