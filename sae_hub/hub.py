@@ -423,7 +423,7 @@ def model_card(sae: SAE, repo_id: str) -> str:
         lines += ["", "## Training metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
     lines += ["", "## Usage", "", "```python", "from sae_hub import SAE", "",
-              f"sae = SAE.from_pretrained({repo_id!r}, {'<path in repo>'!r})", "```", "",
+              f"sae = SAE.from_pretrained({repo_id!r}, '.')", "```", "",
               "Saved in the SAELens 6 layout (`cfg.json` + `sae_weights.safetensors`): it also loads with "
               "`sae_lens.SAE.load_from_disk`.", ""]
     return "\n".join(lines)

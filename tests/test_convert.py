@@ -65,3 +65,11 @@ def test_cli_convert_and_inspect(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "sae_hub.cli", "inspect", str(tmp_path / "g")],
                            capture_output=True, text=True, check=True).stdout
     assert "gated" in shown and "sae_weights.safetensors" in shown
+
+
+def test_provenance_lists_only_the_files_the_loader_read(tmp_path):
+    """An overcomplete folder holds module.pt and state_dict.pt; the loader reads module.pt only."""
+    (out,) = convert(FIX / "overcomplete/topk", tmp_path / "o")
+    files = SAE.load_from_disk(out).cfg.provenance.source_files
+    assert [f["name"] for f in files] == ["module.pt"]
+    assert files[0]["sha256"] == sha256_file(FIX / "overcomplete/topk/module.pt")
