@@ -1,7 +1,7 @@
 """Feature recovery on planted ground truth: d=256, 512 features in superposition, SAEs of 1024 latents.
 
     python benchmarks/bench_train_quality.py                      # topk, batchtopk, relu, jumprelu
-    python benchmarks/bench_train_quality.py --arch topk --steps 3000
+    python benchmarks/bench_train_quality.py --arch topk --steps 3000 --device cuda
 
 Data: :class:`~sae_hub.training.synthetic.SyntheticActivations` (Zipf-like firing probabilities with exponent
 0.5 and 5 active features per token on average, magnitudes U(0.5, 1.5), small isotropic noise). Every SAE trains
@@ -29,14 +29,14 @@ RECIPES: dict[str, dict] = {
     "topk": dict(k=8, lr=2e-3),
     "batchtopk": dict(k=8, lr=2e-3),
     "relu": dict(l1_coefficient=1.0, lr=1e-3),
-    "jumprelu": dict(l0_coefficient=2.0, jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.5, lr=2e-3),
+    "jumprelu": dict(l0_coefficient=4.0, jumprelu_bandwidth=0.5, jumprelu_init_threshold=1.0, lr=4e-3),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="topk,batchtopk,relu,jumprelu")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 encoder GEMM for topk/batchtopk")

@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "TensorSource": "sae_hub.training.trainer",
     "latest_checkpoint": "sae_hub.training.trainer",
     "sparse_encode": "sae_hub.training.trainer",
+    "sparse_decode": "sae_hub.training.trainer",
     # synthetic data with planted features, and recovery metrics
     "SyntheticActivations": "sae_hub.training.synthetic",
     "evaluate_recovery": "sae_hub.training.synthetic",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from sae_hub.training.trainer import TrainConfig as TrainConfig
     from sae_hub.training.trainer import Trainer as Trainer
     from sae_hub.training.trainer import latest_checkpoint as latest_checkpoint
+    from sae_hub.training.trainer import sparse_decode as sparse_decode
     from sae_hub.training.trainer import sparse_encode as sparse_encode
     from sae_hub.training.trainer import train_sae as train_sae
 

@@ -16,8 +16,9 @@ Architectures and their losses (x is scaled to E‖x‖ = √d_in, the constant 
 
 The topk/batchtopk step never materialises a [B, d_sae] gradient: the encoder forward is one dense GEMM
 (optionally bf16), selection keeps the (token, latent) pairs, the decoder is ``F.embedding_bag``, and the
-backward (``_SparseEncode``, ``_SparseDecode``) touches only the selected latents: value gradients are a sampled
-dense-dense product, weight gradients one CSR × dense GEMM each, written into buffers reused across steps.
+backward (``_SparseEncode``, ``_SparseDecode``) touches only the selected latents. On CPU, value gradients are
+a sampled dense-dense product and weight gradients one CSR × dense GEMM each, written into buffers reused across
+steps (fresh tens-of-MB buffers cost page faults); on GPUs torch's embedding_bag backward kernels do the same.
 Nothing in a step reads a value back to the host; scalars are pulled only every ``log_every`` steps and when the
 dead-latent mask is refreshed (every ``dead_window_tokens / 10`` tokens).
 """
