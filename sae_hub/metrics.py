@@ -95,10 +95,10 @@ class FiringTracker:
     def update(self, features: torch.Tensor | None = None, *, indices: torch.Tensor | None = None,
                values: torch.Tensor | None = None) -> None:
         if indices is not None:
+            # index_add rather than bincount / boolean masking: those read sizes back from a GPU (a host sync)
             idx = indices.reshape(-1)
-            if values is not None:
-                idx = idx[values.reshape(-1) > 0]
-            counts = torch.bincount(idx, minlength=self.d_sae)
+            fired = (values.reshape(-1) > 0).long() if values is not None else torch.ones_like(idx)
+            counts = torch.zeros(self.d_sae, dtype=torch.long, device=idx.device).index_add_(0, idx, fired)
             n_tokens = indices.reshape(-1, indices.shape[-1]).shape[0]
         elif features is not None:
             f = features.reshape(-1, features.shape[-1])

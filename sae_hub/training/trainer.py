@@ -589,33 +589,6 @@ def geometric_median(x: torch.Tensor, *, iters: int = 100, tol: float = 1e-6) ->
     return y.float()
 
 
-class _Tracker(FiringTracker):
-    """:class:`~sae_hub.metrics.FiringTracker` whose sparse update never syncs with the host: counts come from
-    an index_add (``bincount`` and boolean-mask indexing read sizes back from a GPU)."""
-
-    @torch.no_grad()
-    def update(self, features: torch.Tensor | None = None, *, indices: torch.Tensor | None = None,
-               values: torch.Tensor | None = None) -> None:
-        if indices is None:
-            return super().update(features)
-        idx = indices.reshape(-1)
-        fired = (values.reshape(-1) > 0).long() if values is not None else torch.ones_like(idx)
-        counts = torch.zeros(self.d_sae, dtype=torch.long, device=idx.device).index_add_(0, idx, fired)
-        n_tokens = indices.reshape(-1, indices.shape[-1]).shape[0]
-        # the base class's bookkeeping, unchanged
-        self.current += counts
-        self.total_counts += counts
-        self.current_tokens += n_tokens
-        self.total_tokens += n_tokens
-        if self.current_tokens >= self.block_size:
-            self.blocks.append((self.current_tokens, self.current.clone()))
-            self.current.zero_()
-            self.current_tokens = 0
-            while sum(t for t, _ in self.blocks) > self.window:
-                self.blocks.pop(0)
-        return None
-
-
 class _StepOut(NamedTuple):
     x_hat: torch.Tensor
     loss: torch.Tensor
@@ -656,7 +629,7 @@ class Trainer:
                               workspace={})
         self.aux_scale = 0.0
         # per-rank window: the ranks' windows together span dead_window_tokens, in lockstep with one process
-        self.tracker = _Tracker(cfg.d_sae, window=cfg.dead_window_tokens // self.world_size, device=self.device)
+        self.tracker = FiringTracker(cfg.d_sae, window=cfg.dead_window_tokens // self.world_size, device=self.device)
         self.step_no, self.tokens = 0, 0
         self.scale, self.var = 1.0, 1.0  # input-norm constant; data variance (the topk loss's denominator)
         self.log: list[dict[str, Any]] = []
