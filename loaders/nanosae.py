@@ -41,12 +41,11 @@ from sae_hub.errors import (
     CorruptFileError,
     MissingFileError,
     SaeHubError,
-    UnsafeCheckpointError,
     UnsupportedSAEError,
 )
 from sae_hub.files import read_json
 from sae_hub.loading import register_loader
-from sae_hub.safe_pickle import Stub, module_state_dict, peek, qualname_of, safe_load
+from sae_hub.safe_pickle import Stub, module_state_dict, peek_for_detection, qualname_of, safe_load
 
 PICKLE_FILE = "sae.pt"
 STATE_DICT_FILE = "state_dict.pt"
@@ -72,16 +71,6 @@ def _is_nanosae_object(obj: Any) -> bool:
     return False
 
 
-def _peek(path: Path, own: bool) -> Any:
-    """The skeleton of ``path``; an unsafe file raises only when its name is this format's own."""
-    try:
-        return peek(path)
-    except UnsafeCheckpointError:
-        if own:
-            raise
-        return None
-
-
 def detect(path: Path) -> bool:
     """A nanoSAE pickle or state dict: a ``.pt`` file, or a folder's ``sae.pt`` / ``state_dict.pt``.
 
@@ -93,8 +82,8 @@ def detect(path: Path) -> bool:
     if path.is_file():
         if path.suffix not in (".pt", ".pth") or _DL_CHECKPOINT.match(path.name):
             return False
-        return _is_nanosae_object(_peek(path, path.name in (PICKLE_FILE, STATE_DICT_FILE)))
-    return any((path / n).is_file() and _is_nanosae_object(_peek(path / n, True))
+        return _is_nanosae_object(peek_for_detection(path, own=path.name in (PICKLE_FILE, STATE_DICT_FILE)))
+    return any((path / n).is_file() and _is_nanosae_object(peek_for_detection(path / n, own=True))
                for n in (PICKLE_FILE, STATE_DICT_FILE))
 
 

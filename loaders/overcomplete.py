@@ -45,9 +45,9 @@ from typing import Any
 import torch
 
 from sae_hub.config import SAEConfig
-from sae_hub.errors import ConfigError, CorruptFileError, UnsafeCheckpointError, UnsupportedSAEError
+from sae_hub.errors import ConfigError, CorruptFileError, UnsupportedSAEError
 from sae_hub.loading import register_loader
-from sae_hub.safe_pickle import Stub, module_state_dict, peek, qualname_of, safe_load
+from sae_hub.safe_pickle import Stub, module_state_dict, peek_for_detection, qualname_of, safe_load
 
 MODULE_FILE = "module.pt"
 STATE_DICT_FILE = "state_dict.pt"
@@ -79,16 +79,6 @@ def _is_overcomplete_object(obj: Any) -> bool:
     return False
 
 
-def _peek(path: Path, own: bool) -> Any:
-    """The skeleton of ``path``; an unsafe file raises only when its name is this format's own."""
-    try:
-        return peek(path)
-    except UnsafeCheckpointError:
-        if own:
-            raise
-        return None
-
-
 def _pick(path: Path) -> Path | None:
     """The file to read: ``path`` itself, or ``module.pt`` (preferred) / ``state_dict.pt`` in a folder."""
     if path.is_file():
@@ -107,8 +97,8 @@ def detect(path: Path) -> bool:
     """
     if path.is_file():
         own = path.name in (MODULE_FILE, STATE_DICT_FILE)
-        return path.suffix in (".pt", ".pth") and _is_overcomplete_object(_peek(path, own))
-    return any((path / n).is_file() and _is_overcomplete_object(_peek(path / n, True))
+        return path.suffix in (".pt", ".pth") and _is_overcomplete_object(peek_for_detection(path, own=own))
+    return any((path / n).is_file() and _is_overcomplete_object(peek_for_detection(path / n, own=True))
                for n in (MODULE_FILE, STATE_DICT_FILE))
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "load_weights_only",
     "module_state_dict",
     "peek",
+    "peek_for_detection",
     "qualname_of",
     "read_npz",
     "safe_load",
@@ -622,6 +623,17 @@ def peek(path: str | os.PathLike[str]) -> Any:
         _PEEK_CACHE[key] = safe_load(p, skeleton=True)
     return _PEEK_CACHE[key]
 
+
+
+def peek_for_detection(path: str | os.PathLike[str], *, own: bool) -> Any:
+    """:func:`peek` for a loader's ``detect``: an unsafe pickle raises only when the file bears this format's
+    own name (the user clearly meant it), otherwise the format just does not match (returns None)."""
+    try:
+        return peek(path)
+    except UnsafeCheckpointError:
+        if own:
+            raise
+        return None
 
 def load_weights_only(path: str | os.PathLike[str]) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU (memory-mapped for zip files) with typed errors.
