@@ -99,3 +99,15 @@ def tiny_model(tiny_model_dir: Path) -> Any:
     from tiny_model import boot_tiny_model
 
     return boot_tiny_model(tiny_model_dir)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny training problems: one thread is as fast, and immune to OpenMP threads spin-waiting on a shared,
+    oversubscribed CPU (which can make a 1 s test take 30 s)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

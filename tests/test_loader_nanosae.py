@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import parity_errors
 from safetensors.torch import load_file
 from torch import nn
 
@@ -21,13 +22,6 @@ CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 TOL = 1e-5
 
 
-def _errors(sae: SAE, ref: dict[str, torch.Tensor]) -> tuple[float, float, float]:
-    x = ref["x"]
-    codes = sae.encode(x)
-    recon = sae.decode(codes)
-    fwd = sae(x)
-    return ((codes - ref["codes"]).abs().max().item(), (recon - ref["recon"]).abs().max().item(),
-            (fwd - ref["recon"]).abs().max().item())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -41,7 +35,7 @@ def test_fixture_reproduces_library(case, target):
         options["dataset_normalization"] = "zscore" if case == "sae_zscore" else None
     assert detect_format(path) == "nanosae"
     sae = SAE.load_from_disk(path, **options)
-    errs = _errors(sae, ref)
+    errs = parity_errors(sae, ref)
     assert max(errs) <= TOL, (case, target, errs)
     assert sae.cfg.provenance.source_files == [{"name": "sae.pt" if target != "state_dict.pt" else target}]
 
@@ -71,7 +65,7 @@ def test_state_dict_cannot_know_zscore():
     with pytest.warns(UserWarning, match="dataset_normalization"):
         sae = SAE.load_from_disk(path)
     assert sae.cfg.normalize_activations == "none"
-    assert max(_errors(sae, ref)) > 1e-2
+    assert max(parity_errors(sae, ref)) > 1e-2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SAE.load_from_disk(path, dataset_normalization="zscore")

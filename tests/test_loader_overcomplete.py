@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import parity_errors
 from safetensors.torch import load_file
 from torch import nn
 
@@ -26,13 +27,6 @@ CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 TOL = 1e-5
 
 
-def _errors(sae: SAE, ref: dict[str, torch.Tensor]) -> tuple[float, float, float]:
-    x = ref["x"]
-    codes = sae.encode(x)
-    recon = sae.decode(codes)
-    fwd = sae(x)
-    return ((codes - ref["codes"]).abs().max().item(), (recon - ref["recon"]).abs().max().item(),
-            (fwd - ref["recon"]).abs().max().item())
 
 
 def _state_dict_options(case: dict) -> dict:
@@ -59,7 +53,7 @@ def test_fixture_reproduces_library(case, target):
     options = _state_dict_options(meta) if target == "state_dict.pt" else {}
     assert detect_format(path) == "overcomplete"
     sae = SAE.load_from_disk(path, **options)
-    errs = _errors(sae, ref)
+    errs = parity_errors(sae, ref)
     assert max(errs) <= TOL, (case, target, errs)
     assert sae.cfg.provenance.source_format == "overcomplete"
     assert sae.cfg.provenance.source_files == [{"name": "module.pt" if target != "state_dict.pt" else target}]
@@ -366,7 +360,7 @@ def _save(model: nn.Module, folder: Path, *, eval_mode: bool = True) -> dict[str
 def _check(path: Path, ref: dict[str, torch.Tensor], **options) -> SAE:
     assert detect_format(path) == "overcomplete"
     sae = SAE.load_from_disk(path, **options)
-    errs = _errors(sae, ref)
+    errs = parity_errors(sae, ref)
     assert max(errs) <= TOL, errs
     assert (ref["codes"] > 0).any()
     return sae

@@ -18,15 +18,7 @@ from sae_hub.training.synthetic import (
     recovered_fraction,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread is as fast, and immune to OpenMP threads spin-waiting on a shared,
-    oversubscribed CPU (which can make a 1 s test take 30 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_features_are_unit_and_probabilities_zipf_with_requested_mean():

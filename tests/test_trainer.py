@@ -24,15 +24,7 @@ from sae_hub.training.trainer import (
     sparse_encode,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread is as fast, and immune to OpenMP threads spin-waiting on a shared,
-    oversubscribed CPU (which can make a 1 s test take 30 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------- the sparse step vs dense autograd
