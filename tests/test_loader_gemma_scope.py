@@ -23,6 +23,7 @@ from sae_hub.errors import (
     CorruptFileError,
     ShapeMismatchError,
     UnknownArchitectureError,
+    UnsafeCheckpointError,
     UnsupportedSAEError,
 )
 
@@ -136,7 +137,7 @@ def test_gemma_scope_1_bad_files(tmp_path):
     obj = tmp_path / "o"
     obj.mkdir()
     np.savez(obj / "params.npz", **p, extra=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(CorruptFileError):  # allow_pickle=False: the object array is refused, never unpickled
+    with pytest.raises(UnsafeCheckpointError):  # the object array is refused, never unpickled
         SAE.load_from_disk(obj)
     write_npz(tmp_path / "m", {k: v for k, v in p.items() if k != "threshold"})
     with pytest.raises(ShapeMismatchError, match="threshold"):

@@ -321,6 +321,62 @@ def test_read_npz_never_unpickles(tmp_path):
     assert not marker.exists()
 
 
+def test_read_npz_equals_numpy_for_every_layout(tmp_path):
+    """The direct-from-file path and the zip-stream path both give what np.load gives, bit for bit."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f32": rng.standard_normal((5, 7), dtype=np.float32),
+        "fortran": np.asfortranarray(rng.standard_normal((4, 6))),
+        "big_endian": rng.standard_normal(9).astype(">f4"),
+        "f16": rng.standard_normal((3, 3)).astype(np.float16),
+        "i64": np.arange(-3, 8, dtype=np.int64),
+        "scalar": np.float32(2.5),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+        "bool": np.array([True, False, True]),
+    }
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, **arrays)
+        got = read_npz(path)
+        assert sorted(got) == sorted(arrays)
+        for key, want in arrays.items():
+            want = np.asarray(want)
+            assert got[key].shape == want.shape, key
+            assert np.array_equal(got[key].numpy(), want), key
+            assert got[key].numpy().dtype == want.dtype.newbyteorder("="), key
+
+
+def _npy_bytes(shape: tuple[int, ...], payload: bytes, descr: str = "<f4") -> bytes:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}".encode("latin1")
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_read_npz_refuses_lying_and_truncated_members(tmp_path, compression):
+    lying = tmp_path / "lying.npz"
+    with zipfile.ZipFile(lying, "w", compression) as z:  # header promises 4 TB, the entry holds 16 bytes
+        z.writestr("w.npy", _npy_bytes((10**12,), b"\0" * 16))
+    with pytest.raises(CorruptFileError, match="promises") as err:
+        read_npz(lying)
+    assert err.value.field == "w"
+    good = tmp_path / "good.npz"
+    np.savez(good, w=np.arange(1000, dtype=np.float32))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:2000])  # the central directory is gone, and half the data
+    with pytest.raises(CorruptFileError, match="cut.npz"):
+        read_npz(cut)
+    strings = tmp_path / "strings.npz"
+    np.savez(strings, names=np.array(["a", "b"]))
+    with pytest.raises(CorruptFileError, match="not a number type"):
+        read_npz(strings)
+    obj = tmp_path / "obj.npz"
+    with zipfile.ZipFile(obj, "w", compression) as z:
+        z.writestr("w.npy", _npy_bytes((1,), pickle.dumps([1]), descr="|O"))
+    with pytest.raises(UnsafeCheckpointError):
+        read_npz(obj)
+
+
 @pytest.mark.parametrize("global_name", ["torch FloatStorage", "torch._utils _rebuild_tensor_v2",
                                          "collections OrderedDict", "torch Size"])
 def test_build_cannot_tamper_with_allowed_globals(tmp_path, global_name):
