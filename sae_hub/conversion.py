@@ -69,13 +69,15 @@ def _convert_one(src: Path, dst: Path, fmt: str, dtype: torch.dtype | str | None
     sae = SAE.from_state_dict(cfg, tensors, dtype=dtype, source=where)
     if fold_decoder_norm:
         sae.fold_W_dec_norm()
+    out = sae._save_weights(dst)  # while the sources are still being hashed
     base = src if src.is_dir() else src.parent
     read = {rec["name"] for rec in cfg.provenance.source_files}  # what the loader says it actually read
     sae.cfg.provenance.source_files = [
         {"name": str(f.relative_to(base)), "sha256": hashes[str(f)].result()}
         for f in files if str(f.relative_to(base)) in read or f.name in read
     ]
-    return sae.save_pretrained(dst)
+    sae._save_config(out)
+    return out
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format: str | None = None,

@@ -442,23 +442,35 @@ class SAE(nn.Module):
         ``sparsity`` (log10 feature densities ``[d_sae]``) is written as ``sparsity.safetensors``. Files are
         written to temp names and renamed, so an interrupted save never leaves a half-written checkpoint.
         """
+        out = self._save_weights(path, sparsity=sparsity)
+        self._save_config(out)
+        return out
+
+    def _save_weights(self, path: str | os.PathLike[str], *, sparsity: torch.Tensor | None = None) -> Path:
+        """The tensor half of :meth:`save_pretrained`; a folder is not loadable until ``cfg.json`` follows
+        (conversion writes the weights while the sources' sha256 for the config is still being computed)."""
         from sae_hub import __version__
-        from sae_hub.files import write_json_atomic, write_safetensors_atomic
+        from sae_hub.files import write_safetensors_atomic
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
+        if sparsity is not None and tuple(sparsity.shape) != (self.cfg.d_sae,):
+            raise ShapeMismatchError(f"sparsity must have shape [{self.cfg.d_sae}]", field="sparsity")
         write_safetensors_atomic(out / WEIGHTS_FILENAME, dict(self.state_dict()),
                                  metadata={"format": "pt", "sae_hub_version": __version__})
         if sparsity is not None:
-            if tuple(sparsity.shape) != (self.cfg.d_sae,):
-                raise ShapeMismatchError(f"sparsity must have shape [{self.cfg.d_sae}]", field="sparsity")
             write_safetensors_atomic(out / SPARSITY_FILENAME, {"sparsity": sparsity.float()})
+        return out
+
+    def _save_config(self, out: Path) -> None:
+        from sae_hub import __version__
+        from sae_hub.files import write_json_atomic
+
         cfg = self.cfg.to_dict()
         cfg["dtype"] = dtype_to_str(self.dtype)
         cfg["device"] = str(self.device)
         cfg["metadata"]["sae_hub_version"] = __version__
         write_json_atomic(out / CONFIG_FILENAME, cfg)
-        return out
 
     @classmethod
     def load_from_disk(cls, path: str | os.PathLike[str], *, format: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -26,8 +27,17 @@ def test_convert_round_trip_gives_identical_outputs(case, tmp_path):
     x = load_file(FIX / case / "reference.safetensors")["x"]
     assert torch.equal(direct(x), converted(x)) and torch.equal(direct.encode(x), converted.encode(x))
     files = {f["name"]: f["sha256"] for f in converted.cfg.provenance.source_files}
-    assert files["sae_weights.safetensors"] == sha256_file(FIX / case / "sae_weights.safetensors")
+    weights = (FIX / case / "sae_weights.safetensors").read_bytes()
+    assert files["sae_weights.safetensors"] == hashlib.sha256(weights).hexdigest()
     assert converted.cfg.provenance.source_format == "saelens"
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, (1 << 24) + 3])
+def test_sha256_file_equals_hashlib(tmp_path, size):
+    data = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator().manual_seed(size)).numpy()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data.tobytes())
+    assert sha256_file(path) == hashlib.sha256(data.tobytes()).hexdigest()
 
 
 def test_convert_records_dtype_and_fold(tmp_path):
