@@ -37,6 +37,7 @@ import struct
 import tarfile
 import threading
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -679,9 +680,10 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Arrays of an ``.npz`` as tensors, never unpickling anything (object arrays are refused).
 
     Members stored uncompressed (what ``np.savez`` writes, e.g. Gemma Scope's ``params.npz``) are read straight
-    from the file into each array (one copy, about 3x faster than ``np.load``'s chunked reads through the zip
-    stream); compressed members go through the zip stream. Each member's header is checked against its size
-    before anything is allocated, so a truncated or lying archive is a :class:`CorruptFileError`.
+    from the file into each array, checking the zip CRC-32 piece by piece while the bytes are in cache (one
+    copy instead of ``np.load``'s two, ~10% faster, same checks); compressed members go through the zip stream.
+    Each member's header is checked against its size before anything is allocated, so a truncated, damaged or
+    lying archive is a :class:`CorruptFileError` naming the array.
     """
     p = Path(path)
     if not p.is_file():
@@ -724,23 +726,38 @@ def _read_npz_member(zf: zipfile.ZipFile, f: IO[bytes], info: zipfile.ZipInfo, p
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     start = info.header_offset + 30 + name_len + extra_len
     f.seek(start)
-    _check_npy_header(f, info.file_size, p, name)
+    shape, fortran, dtype = _check_npy_header(f, info.file_size, p, name)
+    data_start = f.tell()
+    if data_start - start + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise CorruptFileError(f"array header and data do not fill its {info.file_size}-byte zip entry",
+                               path=p, field=name)
     f.seek(start)
-    arr = np.lib.format.read_array(f, allow_pickle=False)  # a real file: numpy reads straight into the array
-    if f.tell() > start + info.file_size:
-        raise CorruptFileError("array data runs past its zip entry", path=p, field=name)
-    return arr
+    crc = zlib.crc32(f.read(data_start - start))
+    arr = np.empty(math.prod(shape), dtype=dtype)
+    raw = memoryview(arr.view(np.uint8))
+    for pos in range(0, len(raw), _NPZ_CHUNK):  # read each piece and checksum it while it is in cache
+        piece = raw[pos:pos + _NPZ_CHUNK]
+        if f.readinto(piece) != len(piece):
+            raise CorruptFileError("file is truncated inside this array", path=p, field=name)
+        crc = zlib.crc32(piece, crc)
+    if crc != info.CRC:
+        raise CorruptFileError("zip CRC-32 mismatch: the array's bytes are damaged", path=p, field=name)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
-def _check_npy_header(f: IO[bytes], size: int, p: Path, name: str) -> None:
-    """Refuse object arrays and headers that promise more bytes than the member holds, before reading."""
+_NPZ_CHUNK = 1 << 20
+
+
+def _check_npy_header(f: IO[bytes], size: int, p: Path, name: str) -> tuple[tuple[int, ...], bool, Any]:
+    """``(shape, fortran_order, dtype)`` of an .npy header; refuses object arrays and headers that promise more
+    bytes than the member holds, before anything is allocated."""
     import numpy as np
 
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
     elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     else:
         raise CorruptFileError(f".npy format version {version} is not one that holds plain numeric arrays",
                                path=p, field=name)
@@ -751,6 +768,7 @@ def _check_npy_header(f: IO[bytes], size: int, p: Path, name: str) -> None:
     if needed > size:
         raise CorruptFileError(f"array header promises {needed} bytes ({dtype}, shape {list(shape)}) but the "
                                f"entry holds {size}", path=p, field=name)
+    return shape, fortran, dtype
 
 
 def _npy_tensor(arr: Any, p: Path, name: str) -> torch.Tensor:

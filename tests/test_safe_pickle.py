@@ -392,3 +392,17 @@ def test_build_cannot_tamper_with_allowed_globals(tmp_path, global_name):
     torch.save({"w": torch.ones(3)}, good)
     out = safe_load(good)
     assert out["w"].dtype == torch.float32 and torch.equal(out["w"], torch.ones(3))
+
+
+def test_read_npz_detects_a_flipped_bit(tmp_path):
+    """np.load checks each member's CRC-32; reading members straight from the file must too."""
+    good = tmp_path / "good.npz"
+    np.savez(good, w=np.arange(1000, dtype=np.float32), f=np.asfortranarray(np.ones((3, 5))))
+    assert torch.equal(read_npz(good)["w"], torch.arange(1000, dtype=torch.float32))
+    data = bytearray(good.read_bytes())
+    data[data.index(np.float32(500).tobytes())] ^= 0x01
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="CRC") as err:
+        read_npz(bad)
+    assert err.value.field == "w"
