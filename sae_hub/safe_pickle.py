@@ -728,8 +728,9 @@ def _read_npz_member(zf: zipfile.ZipFile, f: IO[bytes], info: zipfile.ZipInfo, p
     f.seek(start)
     shape, fortran, dtype = _check_npy_header(f, info.file_size, p, name)
     data_start = f.tell()
-    if data_start - start + math.prod(shape) * dtype.itemsize != info.file_size:
-        raise CorruptFileError(f"array header and data do not fill its {info.file_size}-byte zip entry",
+    trailing = info.file_size - (data_start - start) - math.prod(shape) * dtype.itemsize
+    if trailing < 0:
+        raise CorruptFileError(f"array header and data overrun its {info.file_size}-byte zip entry",
                                path=p, field=name)
     f.seek(start)
     crc = zlib.crc32(f.read(data_start - start))
@@ -740,6 +741,7 @@ def _read_npz_member(zf: zipfile.ZipFile, f: IO[bytes], info: zipfile.ZipInfo, p
         if f.readinto(piece) != len(piece):
             raise CorruptFileError("file is truncated inside this array", path=p, field=name)
         crc = zlib.crc32(piece, crc)
+    crc = zlib.crc32(f.read(trailing), crc)  # bytes np.load would ignore, but the CRC covers them
     if crc != info.CRC:
         raise CorruptFileError("zip CRC-32 mismatch: the array's bytes are damaged", path=p, field=name)
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)

@@ -406,3 +406,13 @@ def test_read_npz_detects_a_flipped_bit(tmp_path):
     with pytest.raises(CorruptFileError, match="CRC") as err:
         read_npz(bad)
     assert err.value.field == "w"
+
+
+def test_read_npz_accepts_trailing_bytes_in_a_member_as_numpy_does(tmp_path):
+    path = tmp_path / "pad.npz"
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4, dtype=np.float32))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("w.npy", buf.getvalue() + b"\0" * 8)
+    with np.load(path, allow_pickle=False) as want:
+        assert torch.equal(read_npz(path)["w"], torch.from_numpy(want["w"]))
