@@ -11,9 +11,10 @@ source, with the file in the page cache (one warm-up first):
 
 Conversion = load + write the native folder + sha256 of every source file for the provenance record (on a
 thread, while loading and writing). ``write`` is one raw write of the same number of bytes to a new file, the
-floor of any conversion. Each run starts with the previous run's output deleted, as a script converting
-into a fresh folder would find the machine; on a VM, keeping every output would make each new file pay for
-pages the host has to hand out first, which no reader pays. Median of 5.
+floor of any conversion. Each run (write and convert alike) starts with the previous run's output deleted: on
+the 2-core VM this was tuned on, a 288 MiB write takes 0.06 s into freed page cache but 0.6-1.0 s once outputs
+pile up (fresh memory is slow to fault in there; a reader reuses the memory it freed and never pays that).
+Median of 5.
 
     python benchmarks/bench_convert.py [--d-in 2304] [--d-sae 16384]
 """
