@@ -135,40 +135,29 @@ def write_safetensors_atomic(
     raw += b" " * (-len(raw) % 8)
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f, _Materialiser(flat) as ready:
+    with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for t in ready:
+        for t in _contiguous_cpu(flat):
             if t.numel():
                 f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     os.replace(tmp, p)
 
 
-class _Materialiser:
-    """Yields each tensor as a contiguous CPU tensor, in order, making the large non-contiguous ones (e.g. a
-    transposed checkpoint matrix) contiguous on two worker threads ahead of the writer: each transpose is a
-    slow strided copy, and overlapping them with each other and with the writes saves most of one
-    (benchmarks/bench_convert.py, Qwen Scope source)."""
+def _contiguous_cpu(tensors: list[torch.Tensor], big: int = 1 << 20) -> Iterator[torch.Tensor]:
+    """Each tensor as a contiguous CPU tensor, in order. With two or more large non-contiguous ones (e.g.
+    transposed checkpoint matrices) they are copied on two worker threads ahead of the writer: a transpose is
+    a slow strided copy, and overlapping them saves most of one (benchmarks/bench_convert.py, Qwen Scope)."""
+    slow = [t for t in tensors if t.device.type != "cpu" or not t.is_contiguous()]
+    if sum(t.numel() * t.element_size() >= big for t in slow) < 2:
+        yield from (t.cpu().contiguous() for t in tensors)
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-    _BIG = 1 << 20
-
-    def __init__(self, tensors: list[torch.Tensor]) -> None:
-        self._tensors = tensors
-        self._pool: Any = None
-
-    def __enter__(self) -> Iterator[torch.Tensor]:
-        slow = [t for t in self._tensors if t.device.type != "cpu" or not t.is_contiguous()]
-        if sum(t.numel() * t.element_size() >= self._BIG for t in slow) < 2:
-            return (t.cpu().contiguous() for t in self._tensors)
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=2)
-        futures = [self._pool.submit(lambda t=t: t.cpu().contiguous()) for t in self._tensors]
-        return (fut.result() for fut in futures)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(lambda t=t: t.cpu().contiguous()) for t in tensors]
+        for fut in futures:
+            yield fut.result()
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 24) -> str:

@@ -241,11 +241,16 @@ def test_our_safetensors_writer_is_read_by_the_safetensors_library(tmp_path):
     g = torch.Generator().manual_seed(0)
     tensors = {"a": torch.randn(3, 5, generator=g), "b": torch.randn(7, generator=g).to(torch.bfloat16),
                "c": torch.arange(6, dtype=torch.int64).reshape(2, 3), "d": torch.tensor(2.5),
-               "e": torch.zeros(0, 4), "f": torch.randn(4, 2, generator=g).T}  # non-contiguous
-    write_safetensors_atomic(tmp_path / "x.safetensors", tensors, metadata={"format": "pt"})
-    back = load_file(tmp_path / "x.safetensors")
-    assert set(back) == set(tensors)
-    for k, t in tensors.items():
-        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+               "e": torch.zeros(0, 4), "f": torch.randn(4, 2, generator=g).T,  # non-contiguous
+               "g": torch.tensor([True, False])}
+    # two large transposed matrices take the path that copies them on worker threads
+    big = {"w1": torch.randn(600, 700, generator=g).T, "w2": torch.randn(700, 600, generator=g).T,
+           "w3": torch.randn(512, 1024, generator=g)[:, ::2]}
+    for case in (tensors, {**tensors, **big}):
+        write_safetensors_atomic(tmp_path / "x.safetensors", case, metadata={"format": "pt"})
+        back = load_file(tmp_path / "x.safetensors")
+        assert set(back) == set(case)
+        for k, t in case.items():
+            assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
     with safe_open(tmp_path / "x.safetensors", "pt") as f:
         assert f.metadata() == {"format": "pt"}
