@@ -175,11 +175,17 @@ class FeatureStats:
 
     def to_pandas(self) -> Any:
         """Per-feature scalars as a ``pandas.DataFrame`` indexed by feature (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError as e:  # pragma: no cover - pandas is present in the dev environment
-            raise ImportError("to_pandas needs pandas (pip install pandas); to_records() needs nothing") from e
-        return pd.DataFrame.from_records(self.to_records(contexts=False)).set_index("feature")
+        return records_frame(self.to_records(contexts=False))
+
+
+def records_frame(records: list[dict[str, Any]]) -> Any:
+    """Per-feature records as a ``pandas.DataFrame`` indexed by ``feature``; pandas is imported only here,
+    so the analysis classes' ``to_records()`` work without it."""
+    try:
+        import pandas as pd
+    except ImportError as e:  # pragma: no cover - pandas is present in the dev environment
+        raise ImportError("to_pandas needs pandas (pip install pandas); to_records() needs nothing") from e
+    return pd.DataFrame.from_records(records).set_index("feature")
 
 
 # -------------------------------------------------------------------------------------------- streaming

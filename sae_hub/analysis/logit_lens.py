@@ -714,11 +714,9 @@ class LogitLensResult:
 
     def to_pandas(self) -> Any:
         """:meth:`to_records` as a ``pandas.DataFrame`` indexed by feature (needs pandas installed)."""
-        try:
-            import pandas as pd
-        except ImportError as e:  # pragma: no cover - pandas is present in the dev environment
-            raise ImportError("to_pandas needs pandas (pip install pandas); to_records() needs nothing") from e
-        return pd.DataFrame.from_records(self.to_records()).set_index("feature")
+        from sae_hub.analysis.feature_stats import records_frame
+
+        return records_frame(self.to_records())
 
 
 # ---------------------------------------------------------------------------------------------- public
