@@ -104,16 +104,16 @@ def write_report(sae: Any, data: Any, path: Path, sae_dir: Path) -> Path:
 def run_hub_demo(release: str, sae_id: str, *, features: int = 3) -> dict[str, Any]:
     """The real flow: from_pretrained from the Hub, describe, and a logit lens when the model loads."""
     from sae_hub import SAE
-    from sae_hub.cli import describe
+    from sae_hub.describe import describe
 
     sae = SAE.from_pretrained(release, sae_id)
     print(describe(sae))
     out: dict[str, Any] = {"sae": sae}
     try:
         from sae_hub.analysis import logit_lens
-        from sae_hub.cli import _boot_model
+        from sae_hub.models import load_model
 
-        model = _boot_model(sae.cfg.model_name or "", None)
+        model = load_model(sae.cfg.model_name or "", None)
     except Exception as e:  # no network, or the model is not a TransformerLens one
         print(f"(logit lens skipped: could not load model {sae.cfg.model_name!r}: {type(e).__name__}: {e})")
         return out

@@ -1,0 +1,26 @@
+"""Getting a model to run SAEs on: one place that boots a model by name.
+
+The CLI (``train``, ``cache-activations``) and the hub demo need a model from a name or a local folder. Booting
+lives here, not in the CLI, so library code and notebooks use the same function. TransformerLens 4's
+``TransformerBridge`` (in compatibility mode, so TransformerLens hook names work) is preferred; TransformerLens 3's
+``HookedTransformer`` is the fallback where only that is installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["load_model"]
+
+
+def load_model(name: str, device: str | None = None) -> Any:
+    """A TransformerLens model for ``name`` (a Hub model id or a local Hugging Face folder) on ``device``."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained(name, device=device or "cpu")
+    model = TransformerBridge.boot_transformers(name, device=device or "cpu")
+    model.enable_compatibility_mode()
+    return model
