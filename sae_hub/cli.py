@@ -295,7 +295,7 @@ def _train(args: argparse.Namespace) -> int:
             raise SystemExit("sae-hub: error: give --hook or hook_name in the config")
         model = load_model(args.model, args.model_device)
         source = ModelActivationSource(model, _read_dataset(args.dataset, args.column), hook,
-                                       context_size=args.context_size)
+                                       context_size=args.context_size, dataset_path=args.dataset)
     else:
         raise SystemExit("sae-hub: error: give --cache DIR, or --model and --dataset")
     if args.out:
@@ -328,7 +328,8 @@ def _cache(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, args.model_device)
     manifest = cache_activations(model, _read_dataset(args.dataset, args.column), args.hook, args.out,
-                                 n_tokens=args.n_tokens, context_size=args.context_size, dtype=args.dtype)
+                                 n_tokens=args.n_tokens, context_size=args.context_size, dtype=args.dtype,
+                                 dataset_path=args.dataset)
     print(f"cached {manifest.get('n_tokens')} tokens for {', '.join(args.hook)} in {args.out}")
     return 0
 

@@ -365,3 +365,83 @@ def test_cache_validation_errors(tiny_model: Any, tmp_path: Path) -> None:
     cache_activations(tiny_model, DOCS, RESID0, out, n_tokens=100, context_size=CTX, overwrite=True,
                       progress=False)
     assert len(ActivationCache(out)) == 100
+
+
+# ------------------------------------------------------------------------------------------ what an SAE records
+
+
+def _train_tiny(source: Any, out: Path, **cfg: Any) -> dict[str, Any]:
+    """Train a few steps on ``source``, save to ``out``; returns the saved cfg.json's ``metadata`` block."""
+    from sae_hub.training import TrainConfig, train_sae
+
+    train_sae(TrainConfig(architecture="topk", d_sae=64, k=4, batch_size=64, steps=3, log_every=0,
+                          init_tokens=64, device="cpu", output_dir=str(out), **cfg), source, progress=False)
+    saved = json.loads((out / "cfg.json").read_text())
+    return saved["metadata"]
+
+
+def _as_saelens_reads_it(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What SAELens 6's ``ActivationsStore.from_sae`` reads: ``sae.cfg.metadata.<name>``, i.e. the ``metadata``
+    block of cfg.json (hook_name, context_size and prepend_bos are required: it raises on None), with
+    ``seqpos_slice`` (the positions each context contributes) defaulting to all of them."""
+    for name in ("hook_name", "context_size", "prepend_bos"):
+        assert metadata.get(name) is not None, f"SAELens's ActivationsStore.from_sae refuses {name}=None"
+    return {"hook_name": metadata["hook_name"], "context_size": metadata["context_size"],
+            "prepend_bos": metadata["prepend_bos"], "seqpos_slice": metadata.get("seqpos_slice") or [None]}
+
+
+def test_sae_trained_from_a_model_source_records_the_source(tiny_model: Any, tmp_path: Path, one_thread: None) -> None:
+    src = ModelActivationSource(tiny_model, DOCS, RESID0, context_size=16, dataset_path="tiny/corpus",
+                                model_batch_size=8, buffer_tokens=512)
+    meta = _train_tiny(src, tmp_path / "sae")
+    assert meta["model_name"] == tiny_model.cfg.model_name and meta["dataset_path"] == "tiny/corpus"
+    assert _as_saelens_reads_it(meta) == {"hook_name": RESID0, "context_size": 16, "prepend_bos": True,
+                                          "seqpos_slice": [1, None]}  # skip_bos: position 0 (BOS) not trained on
+    # SAELens's own slice of a 16-token context gives the 15 positions this source emits per context
+    assert len(range(16)[slice(*meta["seqpos_slice"])]) == src.tokens_per_context == 15
+    no_bos = ModelActivationSource(tiny_model, DOCS, RESID0, context_size=16, prepend_bos=False, buffer_tokens=512)
+    meta = _train_tiny(no_bos, tmp_path / "no_bos")
+    assert meta["prepend_bos"] is False and meta["context_size"] == 16 and "seqpos_slice" not in meta
+    assert meta["dataset_path"] is None  # not given: stays unknown, never guessed
+
+
+def test_sae_trained_from_a_cache_records_the_manifest(tiny_model: Any, tmp_path: Path, one_thread: None) -> None:
+    out = tmp_path / "acts"
+    manifest = cache_activations(tiny_model, DOCS, [RESID0, Z1], out, n_tokens=400, context_size=16,
+                                 dataset_path="tiny/corpus", progress=False)
+    assert manifest["dataset_path"] == "tiny/corpus" and manifest["prepend_bos"] is True
+    cache = ActivationCache(out, Z1, block_tokens=64)
+    assert (cache.context_size, cache.prepend_bos, cache.skip_bos, cache.dataset_path) == (16, True, True,
+                                                                                            "tiny/corpus")
+    meta = _train_tiny(cache, tmp_path / "sae")
+    assert meta["model_name"] == tiny_model.cfg.model_name and meta["dataset_path"] == "tiny/corpus"
+    assert _as_saelens_reads_it(meta) == {"hook_name": Z1, "context_size": 16, "prepend_bos": True,
+                                          "seqpos_slice": [1, None]}
+
+
+def test_sae_trained_from_tensors_records_only_what_the_user_gave(tmp_path: Path, one_thread: None) -> None:
+    from sae_hub.training import TensorSource
+
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    bare = _train_tiny(x, tmp_path / "bare")
+    assert [bare[n] for n in ("model_name", "hook_name", "context_size", "prepend_bos", "dataset_path")] == [None] * 5
+    assert "seqpos_slice" not in bare
+    given = _train_tiny(TensorSource(x, hook_name="blocks.3.hook_resid_post", model_name="gpt2", context_size=128,
+                                     prepend_bos=True, dataset_path="org/data"), tmp_path / "given")
+    assert [given[n] for n in ("model_name", "hook_name", "context_size", "prepend_bos", "dataset_path")] == [
+        "gpt2", "blocks.3.hook_resid_post", 128, True, "org/data"]
+    via_cfg = _train_tiny(x, tmp_path / "via_cfg", hook_name="blocks.3.hook_resid_post", context_size=64,
+                          prepend_bos=False, dataset_path="org/data", model_name="gpt2")
+    assert [via_cfg[n] for n in ("model_name", "hook_name", "context_size", "prepend_bos", "dataset_path")] == [
+        "gpt2", "blocks.3.hook_resid_post", 64, False, "org/data"]
+
+
+def test_train_config_contradicting_the_source_is_refused(tiny_model: Any, one_thread: None) -> None:
+    from sae_hub.training import TrainConfig, Trainer
+
+    src = ModelActivationSource(tiny_model, DOCS, RESID0, context_size=16, buffer_tokens=512)
+    for field, value in (("hook_name", "blocks.1.hook_resid_post"), ("context_size", 32), ("prepend_bos", False)):
+        with pytest.raises(ConfigError) as e:
+            Trainer(TrainConfig(architecture="topk", d_sae=64, k=4, batch_size=64, steps=3, device="cpu",
+                                **{field: value}), src)
+        assert e.value.field == field and str(value) in str(e.value)

@@ -37,6 +37,9 @@ def test_cache_train_inspect_upload(tiny_model_dir, tmp_path, hub):
         "--set", "seed=3")
     sae = SAE.load_from_disk(tmp_path / "sae")
     assert sae.cfg.d_in == 64 and sae.cfg.d_sae == 128 and sae.cfg.hook_name == "blocks.1.hook_resid_post"
+    # how the cached tokens were made travels manifest -> SAE config (SAELens's ActivationsStore.from_sae needs it)
+    assert (sae.cfg.context_size, sae.cfg.prepend_bos, sae.cfg.dataset_path) == (32, True, str(texts))
+    assert sae.cfg.model_name == str(tiny_model_dir) and sae.cfg.extra["seqpos_slice"] == [1, None]
     assert "metrics" in sae.cfg.extra and sae.cfg.extra["training"]["seed"] == 3
     shown = run("inspect", str(tmp_path / "sae")).stdout
     assert "topk (k=8)" in shown

@@ -12,6 +12,11 @@ checkpoint resume and data-parallel training are built on them:
 * **Exact resume**: ``batches(..., start=n)`` yields exactly what the ``n+1``-th and later batches of
   ``batches(..., start=0)`` would have been (bit for bit: the model runs on the same token chunks).
 
+Both sources also say how their tokens were made (``context_size``, ``prepend_bos``, ``skip_bos``,
+``dataset_path``), and the trainer writes that into the SAE's config: SAELens's ``ActivationsStore.from_sae``
+(which SAEBench uses) refuses an SAE without ``context_size`` and ``prepend_bos``, and evaluating on differently
+packed tokens measures a different distribution. What a source does not know stays ``None``.
+
 Packing follows SAELens: documents are tokenised without special tokens, joined with an end-of-text separator
 (EOS, else BOS), and cut into windows of ``context_size - 1`` tokens, each prefixed with BOS when
 ``prepend_bos``; the last, incomplete window is dropped. ``skip_bos`` then drops position 0 (the prefixed BOS:
@@ -70,6 +75,8 @@ class ActivationSource(Protocol):
     d_in: int
     hook_name: str | None
     model_name: str | None
+    # Optional (read with getattr, None when absent): context_size: int | None, prepend_bos: bool | None,
+    # skip_bos: bool | None (position 0 of each context left out), dataset_path: str | None.
 
     def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
                 start: int = 0) -> Iterator[torch.Tensor]:
@@ -335,12 +342,15 @@ class ModelActivationSource:
         model_batch_size: contexts per forward pass (also the unit resume re-runs).
         dtype: dtype of the yielded batches (``None``: the model's activation dtype).
         device: where the buffer lives and batches are yielded (default: the model's device).
+        dataset_path: where the dataset comes from (a Hub dataset id, as SAELens's ``dataset_path``), recorded in
+            the trained SAE's config; not read from ``dataset``, which rarely knows its own id.
     """
 
     def __init__(self, model: Any, dataset: Any, hook_name: str, *, context_size: int | None = None,
                  prepend_bos: bool = True, skip_bos: bool = True, column: str | None = None,
                  buffer_tokens: int = 1 << 16, model_batch_size: int = 32,
-                 dtype: torch.dtype | str | None = torch.float32, device: str | torch.device | None = None) -> None:
+                 dtype: torch.dtype | str | None = torch.float32, device: str | torch.device | None = None,
+                 dataset_path: str | None = None) -> None:
         _check_reiterable(dataset)
         if buffer_tokens < 2:
             raise ConfigError(f"buffer_tokens must be at least 2, got {buffer_tokens}", field="buffer_tokens")
@@ -352,9 +362,10 @@ class ModelActivationSource:
         self.hook_name: str | None = hook_name
         self.model_name: str | None = _model_name(model)
         self.context_size = _default_context_size(model, dataset, context_size)
-        self.prepend_bos = prepend_bos
-        self.skip_bos = skip_bos and prepend_bos
+        self.prepend_bos = bool(prepend_bos)
+        self.skip_bos = bool(skip_bos and prepend_bos)
         self.column = column
+        self.dataset_path = _dataset_path(dataset_path)
         self.buffer_tokens = int(buffer_tokens)
         self.model_batch_size = int(model_batch_size)
         self.dtype = dtype_from_str(dtype) if dtype is not None else None
@@ -521,6 +532,13 @@ def _hook_dirname(hook_name: str) -> str:
     return hook_name.replace(os.sep, "_").replace("/", "_")
 
 
+def _dataset_path(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"dataset_path must be a string (e.g. a Hub dataset id), got {type(value).__name__}",
+                          field="dataset_path")
+    return value or None
+
+
 def _remove_shards(out: Path, manifest: Any) -> None:
     """Delete the shard files an old manifest lists (only files inside ``out``: a manifest is data, not orders)."""
     root = out.resolve()
@@ -551,7 +569,7 @@ def _describe_dataset(dataset: Any, column: str | None) -> dict[str, Any]:
 def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str], out_dir: str | os.PathLike[str],
                       *, n_tokens: int, context_size: int | None = None, prepend_bos: bool = True,
                       skip_bos: bool = True, column: str | None = None, dtype: str | torch.dtype = "bfloat16",
-                      shard_tokens: int = 1 << 18, model_batch_size: int = 32, dataset_name: str | None = None,
+                      shard_tokens: int = 1 << 18, model_batch_size: int = 32, dataset_path: str | None = None,
                       overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the model once over ``dataset`` and store the activations of every hook in ``hook_names``.
 
@@ -561,8 +579,9 @@ def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str],
         out_dir/<hook_name>/shard_00000.safetensors   # tensor "activations" [tokens, d_in] in ``dtype``
 
     Shards of all hooks hold the same tokens (in stream order; :class:`ActivationCache` shuffles). The manifest
-    lists model, hooks, ``d_in`` per hook, dtype, token counts, context settings, the dataset and, per shard,
-    its token count and sha256. Every file is written to a temporary name and renamed, and the manifest is
+    lists model, hooks, ``d_in`` per hook, dtype, token counts, context settings, the dataset (``dataset_path``
+    as given: the manifest is where an SAE trained from the cache learns it) and, per shard, its token count and
+    sha256. Every file is written to a temporary name and renamed, and the manifest is
     written last, so an interrupted run never looks like a complete cache.
 
     ``n_tokens`` activation rows per hook are stored (fewer if the dataset runs out first; the manifest says
@@ -576,6 +595,7 @@ def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str],
     if n_tokens <= 0 or shard_tokens <= 0 or model_batch_size <= 0:
         raise ConfigError("n_tokens, shard_tokens and model_batch_size must be positive")
     store_dtype = dtype_from_str(dtype)
+    dataset_path = _dataset_path(dataset_path)
     ctx_size = _default_context_size(model, dataset, context_size)
     skip = skip_bos and prepend_bos
     out = Path(out_dir)
@@ -658,7 +678,8 @@ def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str],
         "prepend_bos": prepend_bos,
         "skip_bos": skip,
         "tokens_per_context": ctx_size - (1 if skip else 0),
-        "dataset": {**_describe_dataset(dataset, column), **({"name": dataset_name} if dataset_name else {})},
+        "dataset_path": dataset_path,
+        "dataset": _describe_dataset(dataset, column),
         "hooks": {
             h: {"dir": dirs[h].name, "d_in": math.prod(shapes[h]), "activation_shape": list(shapes[h]),
                 "shards": shards[h]}
@@ -667,6 +688,15 @@ def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str],
     }
     write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def _manifest_field(manifest: dict[str, Any], name: str, kind: type, path: Path) -> Any:
+    """``manifest[name]`` if absent/None or of type ``kind`` (bool is not an int here), else a CorruptFileError."""
+    value = manifest.get(name)
+    if value is None or (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))):
+        return value
+    raise CorruptFileError(f"manifest field {name!r} should be a {kind.__name__}, got {value!r}", path=path,
+                           field=name)
 
 
 class ActivationCache:
@@ -723,7 +753,13 @@ class ActivationCache:
         self.hook_name: str | None = hook_name
         self.model_name: str | None = manifest.get("model_name")
         self.d_in: int = int(info["d_in"])
-        self.context_size: int | None = manifest.get("context_size")
+        # How the cached tokens were made, for the trained SAE's config (caches before dataset_path: its "name").
+        described = manifest.get("dataset")
+        self.context_size: int | None = _manifest_field(manifest, "context_size", int, manifest_path)
+        self.prepend_bos: bool | None = _manifest_field(manifest, "prepend_bos", bool, manifest_path)
+        self.skip_bos: bool | None = _manifest_field(manifest, "skip_bos", bool, manifest_path)
+        self.dataset_path: str | None = _manifest_field(manifest, "dataset_path", str, manifest_path) or (
+            _manifest_field(described, "name", str, manifest_path) if isinstance(described, dict) else None)
         self.storage_dtype = dtype_from_str(manifest["dtype"])
         self.dtype = dtype_from_str(dtype)
         self.device = torch.device(device) if device is not None else torch.device("cpu")

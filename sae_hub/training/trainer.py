@@ -116,10 +116,14 @@ class TrainConfig:
     output_dir: str | None = None  # final SAE (native format); None: <checkpoint_dir>/final if checkpointing
     log_every: int = 100
     distributed: bool = False  # also on automatically under torchrun (RANK / WORLD_SIZE set)
-    # metadata copied into the SAE's config (None: from the activation source when it has them)
+    # Metadata recorded in the SAE's config, for data that does not carry it (tensors, iterables); None: from the
+    # activation source when it knows it, else left unknown. A value contradicting the source's is refused, except
+    # model_name / dataset_path, which may rename (say, a Hub id for a model booted from a local folder).
     model_name: str | None = None
     hook_name: str | None = None
     dataset_path: str | None = None
+    context_size: int | None = None  # tokens per context the activations were computed in
+    prepend_bos: bool | None = None  # whether each context started with BOS
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -203,11 +207,18 @@ class TensorSource:
     of an epoch is dropped.
     """
 
-    def __init__(self, data: torch.Tensor, *, hook_name: str | None = None, model_name: str | None = None) -> None:
+    def __init__(self, data: torch.Tensor, *, hook_name: str | None = None, model_name: str | None = None,
+                 context_size: int | None = None, prepend_bos: bool | None = None, skip_bos: bool | None = None,
+                 dataset_path: str | None = None) -> None:
         self.data = data.reshape(-1, data.shape[-1])
         self.d_in = int(self.data.shape[1])
+        # what the rows are, if the caller knows: recorded in the trained SAE's config (see ActivationSource)
         self.hook_name = hook_name
         self.model_name = model_name
+        self.context_size = context_size
+        self.prepend_bos = prepend_bos
+        self.skip_bos = skip_bos
+        self.dataset_path = dataset_path
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -288,6 +299,37 @@ def _infer_length(source: Any, cfg: TrainConfig) -> int | None:
     if dataset is not None and hasattr(dataset, "__len__"):
         return len(dataset) // cfg.batch_size
     return None
+
+
+_RECORDED = ("model_name", "hook_name", "dataset_path", "context_size", "prepend_bos")
+_RENAMEABLE = ("model_name", "dataset_path")
+
+
+def _recorded_metadata(cfg: TrainConfig, source: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(SAEConfig fields, extra metadata) saying where the activations came from: ``cfg``'s value, else the
+    source's, else ``None`` (unknown stays unknown).
+
+    Checked before training starts: a type error, or a ``cfg`` value contradicting what the source knows about
+    its own data (hook, context size, BOS), is a :class:`ConfigError` rather than an SAE that records the wrong
+    distribution. ``skip_bos`` becomes SAELens's ``seqpos_slice = [1, None]`` (position 0 was never trained on).
+    """
+    types: dict[str, type] = {"model_name": str, "hook_name": str, "dataset_path": str, "context_size": int,
+                              "prepend_bos": bool}
+    meta: dict[str, Any] = {}
+    for name in _RECORDED:
+        mine, theirs = getattr(cfg, name), getattr(source, name, None)
+        for who, value in (("TrainConfig", mine), (type(source).__name__, theirs)):
+            kind = types[name]
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ConfigError(f"{who}.{name} must be a {kind.__name__} or None, got {value!r}", field=name)
+        if mine is not None and theirs is not None and mine != theirs and name not in _RENAMEABLE:
+            raise ConfigError(f"TrainConfig.{name}={mine!r} contradicts the activation source, whose data has "
+                              f"{name}={theirs!r}; leave it None to record the source's", field=name)
+        meta[name] = mine if mine is not None else theirs
+    extra: dict[str, Any] = {}
+    if getattr(source, "skip_bos", None) is True and meta["prepend_bos"] is not False:
+        extra["seqpos_slice"] = [1, None]
+    return meta, extra
 
 
 def _infer_d_in(source: Any) -> int | None:
@@ -612,6 +654,7 @@ class Trainer:
         self.calibration = calibration
         self.cfg = cfg.resolved(d_in=_infer_d_in(self.source), steps=_infer_length(self.source, cfg))
         cfg = self.cfg
+        self.metadata, self._extra_metadata = _recorded_metadata(cfg, self.source)
         if cfg.batch_size % self.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is the global batch; it must divide by world_size "
                               f"{self.world_size}", field="batch_size")
@@ -854,16 +897,14 @@ class Trainer:
             else:
                 theta = self.calibrate_threshold(held_out)
                 tensors["threshold"] = torch.full_like(p.b_enc, theta)
-        meta = {name: getattr(cfg, name) or getattr(self.source, name, None)
-                for name in ("model_name", "hook_name", "dataset_path")}
         scfg = SAEConfig(
             architecture=arch, d_in=int(cfg.d_in or 0), d_sae=cfg.d_sae,
             k=cfg.k if arch == "topk" else None, apply_b_dec_to_input=cfg.apply_b_dec_to_input,
             normalize_activations="expected_average_only_in" if self.scale != 1.0 else "none",
             norm_scaling_factor=self.scale if self.scale != 1.0 else None,
-            dtype=cfg.dtype, extra={"training": cfg.to_dict(), "metrics": _json_safe(self.log[-1] if self.log
-                                                                                      else {})},
-            **meta,
+            dtype=cfg.dtype, extra={**self._extra_metadata, "training": cfg.to_dict(),
+                                    "metrics": _json_safe(self.log[-1] if self.log else {})},
+            **self.metadata,
         )
         scfg.record(f"trained: sae_hub.training.train_sae architecture={cfg.architecture} steps={self.step_no} "
                     f"tokens={self.tokens}")
