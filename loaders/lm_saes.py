@@ -1,7 +1,7 @@
 """OpenMOSS Language-Model-SAEs / llamascopium checkpoints (PyPI ``lm-saes`` -> ``llamascopium``), all four eras.
 
 The format changed four times; the era is read from the config file name and the tensor names
-(``../shared/reference/formats.md`` §2):
+(``docs/formats.md#lm-saes-eras``):
 
 ====  ===================================================  ==================================================
 era   files                                                tensors / semantics

@@ -1,6 +1,6 @@
 """The SAE: what a sparse autoencoder computes, stated once.
 
-Canonical semantics (every loader converts into exactly this; see ``../shared`` formats notes):
+Canonical semantics (every loader converts into exactly this; see ``docs/formats.md#canonical-sae``):
 
     x_n  = normalize(x)                       # per ``cfg.normalize_activations``; identity by default
     x'   = x_n - b_dec  if apply_b_dec_to_input else x_n

@@ -1,7 +1,7 @@
 """dictionary_learning loader: generated trainer folders checked against the library's formulas.
 
 No library-written fixtures exist; each case writes ``ae.pt`` + ``config.json`` as the trainer does and
-compares with an independent re-statement of that class's ``encode``/``decode`` (formats.md §4.3).
+compares with an independent re-statement of that class's ``encode``/``decode`` (docs/formats.md#dictionary-learning).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
   ``SAE.load_from_disk(case)`` with no format hint, within 1e-5 (float32), and the ``fold_activation_scale``
   option must reproduce the ``*_fold_activation_scale`` keys.
 * Generated checkpoints for eras A, B0/B1/B2 and C variants are checked against reference implementations
-  of each era's semantics written out below from formats.md §2.2 (and the library code it cites), not by
+  of each era's semantics written out below from docs/formats.md#lm-saes (and the library code it cites), not by
   calling the loader: tensors in the library's own names and layouts, the library's order of operations.
 """
 

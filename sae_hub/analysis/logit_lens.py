@@ -2,7 +2,7 @@
 
 For feature ``j`` the *logit weights* are the row ``d_j @ W_U'`` (``[d_vocab]``), where ``d_j`` is the
 feature's decoder direction expressed in the residual stream and ``W_U'`` the unembedding with the final
-norm's weight folded in. Conventions (stated because peers differ, see ``shared/reference/training.md`` §3):
+norm's weight folded in. Conventions (stated because peers differ, see ``docs/training.md#logit-lens``):
 
 * **Direction per unit of activation.** ``d_j = W_dec[j]``, divided by ``||W_dec[j]||`` for SAEs whose
   ``decode`` does so (``rescale_acts_by_decoder_norm``) and by ``norm_scaling_factor_out`` when set, so
