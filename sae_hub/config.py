@@ -9,6 +9,8 @@ SAELens's free-form ``metadata`` block, which SAELens keeps verbatim.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -133,20 +135,42 @@ class SAEConfig:
                 f"unknown architecture {self.architecture!r}; sae-hub implements {', '.join(ARCHITECTURES)}",
                 field="architecture",
             )
+        # Types first, strictly (a string is not a bool, a bool is not an int, 2.5 is not an int): a JSON
+        # "false" is truthy and a JSON true is 1, so a lenient check would silently compute another SAE.
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}", field=name)
         if self.d_out is None:
             self.d_out = self.d_in
-        elif not isinstance(self.d_out, int) or self.d_out <= 0:
+        elif not isinstance(self.d_out, int) or isinstance(self.d_out, bool) or self.d_out <= 0:
             raise ConfigError(f"d_out must be a positive integer, got {self.d_out!r}", field="d_out")
+        for flag in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm", "rank_by_decoder_norm", "has_skip"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}", field=flag)
+        if self.prepend_bos is not None and not isinstance(self.prepend_bos, bool):
+            raise ConfigError(f"prepend_bos must be true, false or null, got {self.prepend_bos!r}",
+                              field="prepend_bos")
+        for name in ("hook_head_index", "context_size"):
+            value = getattr(self, name)
+            if value is not None:
+                value = _integral(value, name)
+                if value < 0:
+                    raise ConfigError(f"{name} must not be negative, got {value}", field=name)
+                setattr(self, name, value)
+        for name in ("dtype", "device", "normalize_activations", "reshape_activations"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}", field=name)
+        for name in _STR_METADATA_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string or null, got {value!r}", field=name)
         if self.architecture == "topk":
             if self.k is None:
                 raise ConfigError("a topk SAE needs k", field="k")
-            if float(self.k) != int(self.k) or int(self.k) <= 0 or int(self.k) > self.d_sae:
+            self.k = _integral(self.k, "k")
+            if not 1 <= self.k <= self.d_sae:
                 raise ConfigError(f"k must be an integer in [1, d_sae={self.d_sae}], got {self.k!r}", field="k")
-            self.k = int(self.k)
         for flag in ("rescale_acts_by_decoder_norm", "rank_by_decoder_norm"):
             if getattr(self, flag) and self.architecture != "topk":
                 raise ConfigError(f"{flag} is defined for topk SAEs only", field=flag)
@@ -167,7 +191,8 @@ class SAEConfig:
                               field="apply_b_dec_to_input")
         for name in ("norm_scaling_factor", "norm_scaling_factor_out"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value < float("inf")):
                 raise ConfigError(f"{name} must be a positive finite number, got {value!r}", field=name)
         if isinstance(self.provenance, dict):
             self.provenance = Provenance.from_dict(self.provenance)
@@ -247,15 +272,22 @@ class SAEConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}", path=path)
         d = dict(d)
-        meta = dict(d.pop("metadata", None) or {})
+        meta_value = d.pop("metadata", None)
+        if meta_value is not None and not isinstance(meta_value, dict):
+            raise ConfigError(f"metadata must be a JSON object, got {type(meta_value).__name__}", path=path,
+                              field="metadata")
+        meta = dict(meta_value or {})
         flat = not meta  # pre-6 SAELens: everything at the top level, under older names
         if flat:
-            d = _normalise_pre6(d)
+            d = _normalise_pre6(d, path)
         for name in ("architecture", "d_in", "d_sae"):
             if name not in d:
                 if name == "architecture" and flat:
                     continue
                 raise ConfigError(f"missing required field {name!r}", path=path, field=name)
+        if not isinstance(d.get("architecture", "standard"), str):
+            raise ConfigError(f"architecture must be a string, got {d['architecture']!r}", path=path,
+                              field="architecture")
         arch_name = str(d.get("architecture", "standard"))
         rank_by_norm = arch_name.startswith("topk_rank_by_decoder_norm")
         if rank_by_norm:
@@ -268,8 +300,11 @@ class SAEConfig:
                 field="architecture",
             )
         arch, transcoder, has_skip = _FROM_SAELENS[arch_name]
-        if transcoder and "d_out" not in d:
+        if transcoder and d.get("d_out") is None:
             raise ConfigError(f"missing required field 'd_out' for a {arch_name}", path=path, field="d_out")
+        d_out = _int(d["d_out"], "d_out", path) if d.get("d_out") is not None else None
+        if d_out is not None and d_out <= 0:  # checked even where unused (SAELens ignores it for plain SAEs)
+            raise ConfigError(f"d_out must be a positive integer, got {d_out}", path=path, field="d_out")
         norm = d.get("normalize_activations", "none")
         if isinstance(norm, bool):  # pre-6 boolean flag
             norm = "expected_average_only_in" if norm else "none"
@@ -283,21 +318,20 @@ class SAEConfig:
                 architecture=arch,
                 d_in=_int(d["d_in"], "d_in", path),
                 d_sae=_int(d["d_sae"], "d_sae", path),
-                d_out=_int(d["d_out"], "d_out", path) if "d_out" in d and (transcoder or has_skip) else None,
+                d_out=d_out if transcoder or has_skip else None,
                 k=d.get("k") if arch == "topk" else None,
-                apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", flat)),
-                rescale_acts_by_decoder_norm=bool(d.get("rescale_acts_by_decoder_norm", False))
-                if arch == "topk"
-                else False,
+                apply_b_dec_to_input=_flag(d.get("apply_b_dec_to_input", flat), "apply_b_dec_to_input", path),
+                rescale_acts_by_decoder_norm=_flag(d.get("rescale_acts_by_decoder_norm"),
+                                                   "rescale_acts_by_decoder_norm", path) if arch == "topk" else False,
                 rank_by_decoder_norm=rank_by_norm,
                 has_skip=has_skip,
-                normalize_activations=str(norm),
+                normalize_activations=norm,
                 norm_scaling_factor=meta.get("norm_scaling_factor"),
                 norm_scaling_factor_out=meta.get("norm_scaling_factor_out"),
-                reshape_activations=str(d.get("reshape_activations") or "none"),
-                dtype=str(d.get("dtype") or "float32"),
-                device=str(d.get("device") or "cpu"),
-                provenance=Provenance.from_dict(meta.get("provenance")),
+                reshape_activations=_or(d.get("reshape_activations"), "none"),
+                dtype=_or(d.get("dtype"), "float32"),
+                device=_or(d.get("device"), "cpu"),
+                provenance=_provenance(meta.get("provenance"), path),
                 extra={k: v for k, v in meta.items() if k not in known},
                 **kwargs,
             )
@@ -307,20 +341,68 @@ class SAEConfig:
             raise
 
 
+_STR_METADATA_FIELDS = ("model_name", "hook_name", "hook_name_out", "hf_hook_name", "hf_hook_name_out",
+                        "dataset_path", "neuronpedia_id", "license")
+
+
+def _integral(value: Any, name: str, path: str | None = None) -> int:
+    """An integer, or a float with no fractional part (SAELens writes ``"k": 4.0`` for batchtopk); a bool, a
+    string, a fraction, NaN or infinity is a :class:`ConfigError` on ``name``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{name} must be an integer, got {value!r}", path=path, field=name)
+
+
 def _int(value: Any, name: str, path: str | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ConfigError(f"{name} must be an integer, got {value!r}", path=path, field=name)
-    return int(value)
+    return _integral(value, name, path)
 
 
-def _normalise_pre6(d: dict[str, Any]) -> dict[str, Any]:
+def _flag(value: Any, name: str, path: str | None) -> bool:
+    """A JSON boolean. ``null`` reads as false, as in SAELens (which passes None through and tests its
+    truthiness); anything else, notably the string ``"false"`` (truthy in Python), is a :class:`ConfigError`."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}", path=path, field=name)
+    return value
+
+
+def _or(value: Any, default: str) -> Any:
+    """``value``, or ``default`` for null/empty (as before); a non-string is left for ``__post_init__`` to refuse."""
+    return value if value not in (None, "") else default
+
+
+def _provenance(value: Any, path: str | None) -> Provenance:
+    """``metadata.provenance`` checked for shape before :meth:`Provenance.from_dict` iterates it."""
+    if value is None:
+        return Provenance()
+    files = value.get("source_files") if isinstance(value, dict) else None
+    conversions = value.get("conversions") if isinstance(value, dict) else None
+    if (not isinstance(value, dict)
+            or not isinstance(value.get("source_format"), (str, type(None)))
+            or not isinstance(files, (list, type(None))) or not all(isinstance(f, dict) for f in files or [])
+            or not isinstance(conversions, (list, type(None)))
+            or not all(isinstance(c, str) for c in conversions or [])):
+        raise ConfigError("metadata.provenance must be an object with source_format (string), source_files "
+                          f"(list of objects) and conversions (list of strings), got {value!r:.200}", path=path,
+                          field="provenance")
+    return Provenance.from_dict({**value, "source_files": files or [], "conversions": conversions or []})
+
+
+def _normalise_pre6(d: dict[str, Any], path: str | None = None) -> dict[str, Any]:
     """Rename pre-6 SAELens keys and apply the defaults SAELens applied to them."""
     renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
                "activation_fn_str": "activation_fn"}
     out = {renames.get(k, k): v for k, v in d.items()}
     out.setdefault("apply_b_dec_to_input", True)
     out.setdefault("prepend_bos", True)
-    if out.get("activation_fn") == "topk" and (out.get("activation_fn_kwargs") or {}).get("k") is not None:
+    fn_kwargs = out.get("activation_fn_kwargs")
+    if fn_kwargs is not None and not isinstance(fn_kwargs, dict):
+        raise ConfigError(f"activation_fn_kwargs must be a JSON object, got {fn_kwargs!r}", path=path,
+                          field="activation_fn_kwargs")
+    if out.get("activation_fn") == "topk" and (fn_kwargs or {}).get("k") is not None:
         out["architecture"] = "topk"
         out["k"] = out["activation_fn_kwargs"]["k"]
     out.setdefault("architecture", "standard")
