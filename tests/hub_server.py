@@ -68,8 +68,10 @@ Faults are matched by a substring of the raw request target (path + query) and o
 are consumed one per matching request, and are thread-safe: ``fail`` (status code, before routing),
 ``slow`` (delay before responding, or mid-body with ``after_bytes``), ``reset_mid_body`` (send headers with
 the full ``Content-Length``, part of the body, then drop the connection; only applied to 2xx responses with
-a body, so a matching HEAD does not consume it). ``tests/test_hub_server.py`` documents what the client does
-under each.
+a body, so a matching HEAD does not consume it), ``corrupt`` (same length, same ETag, different bytes: a broken
+mirror or a bit-flipping proxy), ``wrong_etag`` (right bytes, an ETag that is not their hash), ``down`` (every
+request answers a 5xx until ``clear_faults``). A dead endpoint is :meth:`HubServer.stop` (the port then refuses
+connections). ``tests/test_hub_server.py`` documents what the client does under each.
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ class _LogEntry:
 
 @dataclass
 class _Fault:
-    kind: Literal["fail", "slow", "reset"]
+    kind: Literal["fail", "slow", "reset", "corrupt", "etag"]
     path_contains: str
     method: str | None
     remaining: int
@@ -193,6 +195,9 @@ class _Fault:
     delay_s: float = 0.0
     after_bytes: int | None = None
     hard: bool = False
+    offset: int | None = None  # corrupt: first byte flipped (None: the middle of the body)
+    n_bytes: int = 64  # corrupt: how many bytes are flipped
+    etag: str | None = None  # wrong_etag: the value sent (None: a made-up hash of the right shape)
 
     def matches(self, method: str, path: str) -> bool:
         return self.path_contains in path and (self.method is None or self.method == method)
@@ -628,6 +633,43 @@ class HubServer:
             _Fault("slow", path_contains, _upper(method), times, delay_s=delay_s, after_bytes=after_bytes)
         )
 
+    def corrupt(
+        self,
+        path_contains: str,
+        times: int = 1,
+        *,
+        offset: int | None = None,
+        n_bytes: int = 64,
+        method: str | None = "GET",
+    ) -> None:
+        """Serve the next ``times`` matching file bodies with ``n_bytes`` bytes flipped (XOR 0xFF) from ``offset``
+        (default: the middle of the body; negative counts from the end).
+
+        Length, ``ETag``, ``X-Linked-Etag`` and ``X-Repo-Commit`` are those of the real file, so a client that
+        trusts headers caches the wrong bytes under the right name. A ranged (206) body is corrupted the same
+        way, relative to the slice. Only 2xx file responses with a body consume it.
+        """
+        if n_bytes < 1:
+            raise ValueError("n_bytes must be >= 1")
+        self._add_fault(
+            _Fault("corrupt", path_contains, _upper(method), times, offset=offset, n_bytes=n_bytes)
+        )
+
+    def wrong_etag(
+        self, path_contains: str, etag: str | None = None, times: int = 1, *, method: str | None = None
+    ) -> None:
+        """Answer the next ``times`` matching file requests (HEAD or GET) with the right bytes but a wrong ETag.
+
+        For an LFS file ``X-Linked-Etag`` (what the client prefers; the Hub's sha256) is replaced, otherwise
+        ``ETag`` (the git blob oid). ``etag=None`` sends a made-up value of the same shape (64 or 40 hex digits),
+        which the client cannot tell from a real one.
+        """
+        self._add_fault(_Fault("etag", path_contains, _upper(method), times, etag=etag))
+
+    def down(self, status: int = 503) -> None:
+        """Answer every request with ``status`` until :meth:`clear_faults` (a Hub outage, not a blip)."""
+        self.fail("", status=status, times=1 << 62)
+
     def clear_faults(self) -> None:
         with self._fault_lock:
             self._faults.clear()
@@ -687,6 +729,8 @@ class HubServer:
                     resp = self._route(method, target, body, entry.headers)
                 except _HubError as err:
                     resp = _Response.error(err)
+                if 200 <= resp.status < 300 and "ETag" in resp.headers and "X-Repo-Commit" in resp.headers:
+                    self._tamper_file_response(method, target, resp)
             self._send(handler, method, target, resp, entry)
         except (TimeoutError, BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             handler.close_connection = True  # client went away (e.g. it timed out first)
@@ -695,6 +739,26 @@ class HubServer:
             handler.close_connection = True
             with contextlib.suppress(Exception):
                 self._send(handler, method, target, _Response.json({"error": "fake hub bug"}, 500), entry)
+
+    def _tamper_file_response(self, method: str, target: str, resp: _Response) -> None:
+        """Apply ``wrong_etag`` / ``corrupt`` faults to a file response (HEAD/GET on ``/resolve/``) in place."""
+        bad_etag = self._take_fault({"etag"}, method, target)
+        if bad_etag is not None:
+            header = "X-Linked-Etag" if "X-Linked-Etag" in resp.headers else "ETag"
+            real = resp.headers[header].strip('"')
+            fake = bad_etag.etag
+            if fake is None:
+                algo = hashlib.sha256 if len(real) == 64 else hashlib.sha1
+                fake = algo(b"wrong etag for " + real.encode()).hexdigest()
+            resp.headers[header] = f'"{fake}"'
+        if method != "HEAD" and resp.body:
+            damage = self._take_fault({"corrupt"}, method, target)
+            if damage is not None:
+                data = bytearray(resp.body)
+                start = len(data) // 2 if damage.offset is None else damage.offset % len(data)
+                for i in range(start, min(len(data), start + damage.n_bytes)):
+                    data[i] ^= 0xFF
+                resp.body = bytes(data)
 
     @staticmethod
     def _read_body(handler: _Handler) -> bytes:

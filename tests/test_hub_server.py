@@ -228,6 +228,55 @@ def test_429_on_get_is_retried_with_backoff(hub: HubServer, no_backoff_sleep: li
     assert no_backoff_sleep == [4.0]  # Retry-After + 1 s
 
 
+def test_corrupt_serves_other_bytes_under_the_right_etag(hub: HubServer, hub_cache: Path) -> None:
+    """The client trusts headers: corrupted bytes land in the cache under the real sha256 (what sae-hub checks)."""
+    data = os.urandom(4096)
+    hub.add_file(REPO, "w.safetensors", data)
+    hub.corrupt("w.safetensors", n_bytes=8, offset=-8)
+
+    path = Path(hf_hub_download(REPO, "w.safetensors"))
+    got = path.read_bytes()
+    assert len(got) == len(data) and got[:-8] == data[:-8] and got[-8:] == bytes(b ^ 0xFF for b in data[-8:])
+    assert path.resolve().name == hashlib.sha256(data).hexdigest()
+    assert hub.pending_faults() == 0
+
+
+def test_wrong_etag_names_the_blob_after_the_lie(hub: HubServer) -> None:
+    data = os.urandom(4096)
+    hub.add_file(REPO, "w.safetensors", data)
+    hub.add_file(REPO, "cfg.json", b"{}")
+    hub.wrong_etag("w.safetensors", method="HEAD")
+    hub.wrong_etag("cfg.json", etag="not-a-hash", method="HEAD")
+
+    lfs = Path(hf_hub_download(REPO, "w.safetensors"))
+    regular = Path(hf_hub_download(REPO, "cfg.json"))
+    assert lfs.read_bytes() == data and regular.read_bytes() == b"{}"
+    name = lfs.resolve().name
+    assert len(name) == 64 and name != hashlib.sha256(data).hexdigest()
+    assert regular.resolve().name == "not-a-hash"
+
+
+def test_down_answers_everything_then_clears(hub: HubServer, no_backoff_sleep: list[float]) -> None:
+    hub.add_file(REPO, "cfg.json", b"{}")
+    hub.down(503)
+    with pytest.raises(HfHubHTTPError) as err:
+        HfApi().list_repo_files(REPO)
+    assert err.value.response.status_code == 503
+    with pytest.raises(LocalEntryNotFoundError):
+        hf_hub_download(REPO, "cfg.json")
+    assert {r.status for r in hub.requests} == {503}
+    hub.clear_faults()
+    assert Path(hf_hub_download(REPO, "cfg.json")).read_bytes() == b"{}"
+
+
+def test_stopped_server_refuses_connections(hub: HubServer, no_backoff_sleep: list[float]) -> None:
+    hub.add_file(REPO, "cfg.json", b"{}")
+    hub.stop()
+    with pytest.raises(LocalEntryNotFoundError) as err:
+        hf_hub_download(REPO, "cfg.json")
+    assert isinstance(err.value.__cause__, httpx2.ConnectError)
+
+
 def test_reset_mid_body_small_file_restarts_from_zero(
     hub: HubServer, hub_cache: Path, no_backoff_sleep: list[float]
 ) -> None:
