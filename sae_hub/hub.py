@@ -5,12 +5,23 @@ progress bars and tokens); there is no hand-written HTTP. Only the files the for
 registry release names its format, so its loader's file patterns decide what is downloaded; a bare repo id is
 listed once and the format detected from the names present. With ``local_files_only=True`` or
 ``HF_HUB_OFFLINE=1`` a cached load makes no HTTP request at all.
+
+Every file the cache hands us is checked before a loader reads it. ``huggingface_hub`` names a cached blob by
+the ETag the server *sent*, not by the bytes it received, so a blob name proves nothing until the bytes have
+been hashed: an LFS file's ETag is its sha256 (``X-Linked-Etag``), a regular file's is its git blob sha1. The
+first time we see a blob we hash it and compare; a match is remembered in a small marker next to the cache's
+``blobs`` (``.sae_hub_verified/<blob>``, keyed by size, mtime and inode), so a cached load of a multi-GB file
+hashes nothing. A mismatch removes the blob and its snapshot link and raises :class:`IntegrityError`; a file a
+loader cannot parse is removed the same way, so the next online load downloads it again. A Hub that cannot be
+reached (connection refused, timeouts, persistent 5xx) is a :class:`DownloadError`, never "file not found".
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -20,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_hub.errors import (
+    ConfigError,
+    CorruptFileError,
     DownloadError,
     FormatDetectionError,
     IntegrityError,
@@ -30,6 +43,8 @@ from sae_hub.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import torch
 
     from sae_hub.config import SAEConfig
@@ -41,6 +56,9 @@ __all__ = ["from_pretrained", "get_config", "push_to_hub"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _GLOB = re.compile(r"[*?\[]")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_MARKERS = ".sae_hub_verified"  # inside a cached repo folder, beside blobs/ (huggingface_hub's scans ignore it)
 
 
 @dataclass
@@ -55,6 +73,9 @@ class _Source:
     release: Release | None = None
     entry: SAEEntry | None = None
     files: list[dict[str, str]] = field(default_factory=list)
+    #: Files this load took from the HF cache: (path in the repo, snapshot path, sha256 checked or computed).
+    fetched: list[tuple[str, Path, str]] = field(default_factory=list)
+    commit: str | None = None
 
     @property
     def label(self) -> str:
@@ -92,7 +113,27 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix not in ("", ".") else name
 
 
-def _wrap_hub_error(e: Exception, src: _Source, filename: str | None = None) -> SaeHubError:
+def _cause(e: BaseException) -> str:
+    """The innermost cause of a client error, in words: huggingface_hub wraps a refused connection or a 503 in a
+    generic "cannot find the requested files" message, which alone would send users looking for a typo."""
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    response = getattr(root, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return f"the Hub answered HTTP {status} ({type(root).__name__})"
+    return f"{type(root).__name__}: {root}"
+
+
+def _wrap_hub_error(e: Exception, src: _Source, filename: str | None = None, *, offline: bool) -> SaeHubError:
+    """A client exception as a sae-hub error naming repo and file.
+
+    ``LocalEntryNotFoundError`` means "not cached, and the Hub did not answer": offline that is a missing file,
+    online it is a download failure (connection refused, timeout, persistent 5xx), never "no such file".
+    """
+    import huggingface_hub.constants as constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -109,20 +150,21 @@ def _wrap_hub_error(e: Exception, src: _Source, filename: str | None = None) -> 
         return MissingFileError(f"no Hub repo {src.repo_id!r} (or it is private)", path=where)
     if isinstance(e, RevisionNotFoundError):
         return MissingFileError(f"repo {src.repo_id!r} has no revision {src.revision!r}", path=where)
-    if isinstance(e, LocalEntryNotFoundError):
-        return MissingFileError(
-            f"not in the local cache{rev} and the Hub cannot be reached (offline, or the connection failed): "
-            f"{e}", path=where)
-    if isinstance(e, EntryNotFoundError):
+    if isinstance(e, LocalEntryNotFoundError) and offline:
+        return MissingFileError(f"not in the local cache{rev} and offline mode is on (HF_HUB_OFFLINE or "
+                                "local_files_only): load it once with network access", path=where)
+    if isinstance(e, EntryNotFoundError) and not isinstance(e, LocalEntryNotFoundError):
         return MissingFileError(f"repo {src.repo_id!r}{rev} has no such file", path=where)
-    return DownloadError(f"download failed{rev}: {type(e).__name__}: {e}", path=where)
+    return DownloadError(f"could not download from the Hub at {constants.ENDPOINT}{rev} and it is not in the "
+                         f"local cache: {_cause(e)}", path=where)
 
 
 def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) -> Path:
     """Fetch the files of ``src`` matching ``patterns`` (relative to the SAE folder); return the local folder.
 
-    Literal names are fetched one ``hf_hub_download`` each (a missing optional file is fine); glob patterns
-    need the repo listing, which ``snapshot_download`` gets once. Offline, both read only the cache.
+    Literal names are fetched one ``hf_hub_download`` each (a file the repo does not have is fine: the loader
+    says which one it needed); glob patterns need the repo listing, which ``snapshot_download`` gets once.
+    Offline, both read only the cache. Every file is then checked (:func:`_verify_fetched`).
     """
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -131,27 +173,39 @@ def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) 
     single_file = src.path and any(fnmatch.fnmatchcase(src.path.rsplit("/", 1)[-1], p) for p in patterns)
     wanted = [src.path] if single_file else [_join(src.path, p) for p in patterns]
     local_root: Path | None = None
+    fetched: list[tuple[str, Path]] = []
     try:
         if any(_GLOB.search(w) for w in wanted):
             root = snapshot_download(src.repo_id, revision=src.revision, allow_patterns=wanted,
                                      local_files_only=offline, force_download=force)
             local_root = Path(root)
+            for f in sorted(local_root.rglob("*")):
+                rel = f.relative_to(local_root).as_posix()
+                if f.is_file() and any(fnmatch.fnmatch(rel, w) for w in wanted):
+                    fetched.append((rel, f))
         else:
             for name in wanted:
                 try:
                     got = Path(hf_hub_download(src.repo_id, name, revision=src.revision, local_files_only=offline,
                                                force_download=force))
-                except LocalEntryNotFoundError:
-                    continue  # not cached: if the loader needs it, it says which file is missing
+                except LocalEntryNotFoundError as e:
+                    if offline:
+                        continue  # not cached: if the loader needs it, it says which file is missing
+                    raise _wrap_hub_error(e, src, name, offline=offline) from e  # the Hub did not answer
                 except EntryNotFoundError:
-                    continue  # an optional file this repo does not have
+                    continue  # the Hub says this repo has no such file (an optional one)
                 except Exception as e:
-                    raise _wrap_hub_error(e, src, name) from e
+                    raise _wrap_hub_error(e, src, name, offline=offline) from e
                 local_root = got.parents[len(Path(name).parts) - 1]
+                if got.is_dir():  # offline, a "*" pattern made the SAE folder look like a file: take what it holds
+                    fetched += [(f.relative_to(local_root).as_posix(), f) for f in sorted(got.rglob("*"))
+                                if f.is_file()]
+                else:
+                    fetched.append((name, got))
     except SaeHubError:
         raise
     except Exception as e:
-        raise _wrap_hub_error(e, src) from e
+        raise _wrap_hub_error(e, src, src.path or None, offline=offline) from e
     if local_root is None:
         if offline:
             raise MissingFileError(f"no file of {src.label} is in the local cache (offline mode): load it once "
@@ -162,15 +216,205 @@ def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) 
     target = local_root / src.path if src.path not in ("", ".") else local_root
     if not target.exists():
         raise MissingFileError(f"repo has no file or folder {src.path!r} for this format", path=f"hf://{src.label}")
-    commit = local_root.name if local_root.parent.name == "snapshots" else src.revision
-    for f in sorted(target.rglob("*") if target.is_dir() else [target]):
-        if f.is_file():
-            blob = f.resolve().name
-            rec = {"name": f"hf://{src.repo_id}@{commit}/{f.relative_to(local_root).as_posix()}"}
-            if re.fullmatch(r"[0-9a-f]{64}", blob):
-                rec["sha256"] = blob  # the Hub's etag of an LFS file is its sha256
-            src.files.append(rec)
+    src.commit = local_root.name if local_root.parent.name == "snapshots" else src.revision
+    _verify_fetched(src, fetched, offline=offline)
     return target
+
+
+# ------------------------------------------------------------------ integrity of what the cache hands us
+
+
+def _hash_file(path: Path, git_sha1: bool) -> tuple[str, str | None]:
+    """sha256 of a file and, if asked, its git blob sha1 (``sha1(b"blob <size>\\0" + data)``), in one pass over
+    its memory map (the second digest costs no extra read)."""
+    import mmap
+
+    sha = hashlib.sha256()
+    git = hashlib.sha1() if git_sha1 else None
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if git is not None:
+            git.update(b"blob %d\0" % size)
+        if size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                view = memoryview(m)
+                try:
+                    for start in range(0, size, 1 << 24):
+                        part = view[start:start + (1 << 24)]
+                        sha.update(part)
+                        if git is not None:
+                            git.update(part)
+                        part.release()
+                finally:
+                    view.release()
+    return sha.hexdigest(), git.hexdigest() if git is not None else None
+
+
+def _cache_parts(link: Path) -> tuple[Path, Path, Path] | None:
+    """(blob, repo cache folder, marker) of a snapshot path in the HF cache; None if it is not in one.
+
+    The blob is the link's target (or the file itself where the cache copies instead of linking); the marker
+    is keyed by the blob name, or by the file's place in the snapshot when there is no blob.
+    """
+    storage = next((p.parent for p in link.parents if p.name == "snapshots"), None)
+    if storage is None:
+        return None
+    blob = link.resolve()
+    if blob.parent == storage.resolve() / "blobs":
+        key = blob.name
+    else:
+        key = "file-" + hashlib.sha1(link.relative_to(storage).as_posix().encode()).hexdigest()
+    return blob, storage, storage / _MARKERS / key
+
+
+def _read_marker(marker: Path, st: os.stat_result) -> dict[str, Any] | None:
+    """A marker that still describes this exact file (same size, mtime and inode), or None."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or [data.get("size"), data.get("mtime_ns"), data.get("ino")] != [
+            st.st_size, st.st_mtime_ns, st.st_ino]:
+        return None
+    if not isinstance(data.get("sha256"), str) or not _HEX64.fullmatch(data["sha256"]):
+        return None
+    return data
+
+
+def _write_marker(marker: Path, st: os.stat_result, sha256: str, checked: str | None) -> None:
+    """Remember a hash (atomically; several processes may verify the same blob). Best effort: a read-only cache
+    only means the next load hashes again."""
+    data = {"sha256": sha256, "checked": checked, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ino": st.st_ino}
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        marker.parent.mkdir(exist_ok=True)
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, marker)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _evict(link: Path) -> bool:
+    """Remove a cached file: its blob, its snapshot link and its marker, so the next online load fetches it
+    again (huggingface_hub re-downloads when the link is gone; a blob left behind would be linked again).
+    Returns whether the bytes are gone."""
+    parts = _cache_parts(link)
+    paths = [link] if parts is None else [link, parts[0], parts[2]]
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                p.unlink()
+            except OSError:
+                continue
+    return not link.exists() and (parts is None or not parts[0].exists())
+
+
+def _remote_hashes(src: _Source, names: list[str]) -> dict[str, tuple[str, str]]:
+    """The Hub's own hashes of ``names`` from the repo tree ({name: ("sha256" | "git-sha1", hex)}), for files
+    whose cached name is not a hash (a mirror with other ETags, or a cache that copies instead of linking)."""
+    from huggingface_hub import HfApi
+
+    try:
+        infos = HfApi().get_paths_info(src.repo_id, names, revision=src.commit or src.revision)  # type: ignore[arg-type]
+    except Exception as e:
+        raise _wrap_hub_error(e, src, names[0], offline=False) from e
+    out: dict[str, tuple[str, str]] = {}
+    for info in infos:
+        lfs = getattr(info, "lfs", None)
+        if lfs is not None and getattr(lfs, "sha256", None):
+            out[info.path] = ("sha256", str(lfs.sha256).lower())
+        elif getattr(info, "blob_id", None):
+            out[info.path] = ("git-sha1", str(info.blob_id).lower())
+    return out
+
+
+def _verify_fetched(src: _Source, fetched: list[tuple[str, Path]], *, offline: bool) -> None:
+    """Check each cached file against the Hub's hash of it; record the sha256 in provenance.
+
+    Expected hash: the blob name when it is one (64 hex: the LFS sha256; 40 hex: the git blob sha1), else the
+    repo tree's (online only). A marker written after a successful check skips the hash on later loads. A
+    file nothing can be checked against (offline, name not a hash) is hashed once and its sha256 recorded as
+    computed, not verified; the next online load checks it. A mismatch evicts the file and raises.
+    """
+    plans: list[tuple[str, Path, tuple[Path, Path, Path], os.stat_result, dict[str, Any] | None]] = []
+    unnamed: list[str] = []
+    for name, link in fetched:
+        parts = _cache_parts(link)
+        if parts is None:
+            continue  # not from an HF cache: nothing to check it against, nothing to evict
+        st = parts[0].stat()
+        known = _read_marker(parts[2], st)
+        plans.append((name, link, parts, st, known))
+        blob_name = parts[0].name if parts[0].parent.name == "blobs" else ""
+        if not (_HEX64.fullmatch(blob_name) or _HEX40.fullmatch(blob_name)) and not (known and known["checked"]):
+            unnamed.append(name)
+    remote = _remote_hashes(src, unnamed) if unnamed and not offline else {}
+    for name, link, (blob, _storage, marker), st, known in plans:
+        blob_name = blob.name if blob.parent.name == "blobs" else ""
+        if _HEX64.fullmatch(blob_name):
+            kind, expected, source = "sha256", blob_name, "its ETag, the LFS sha256"
+        elif _HEX40.fullmatch(blob_name):
+            kind, expected, source = "git-sha1", blob_name, "its ETag, the git blob sha1"
+        elif name in remote:
+            kind, expected = remote[name]
+            source = "the repo tree"
+        elif known is not None and known["checked"]:
+            kind, expected, source = known["checked"].split(":", 1)[0], known["checked"].split(":", 1)[-1], ""
+        else:
+            kind, expected, source = "", "", ""
+        checked = f"{kind}:{expected}" if expected else None
+        if known is not None and checked is not None and known["checked"] == checked:
+            _record(src, name, link, known["sha256"])  # checked before, and the file has not changed since
+            continue
+        if known is not None and kind in ("sha256", ""):
+            sha256, git = known["sha256"], None  # hashed before, not yet checked against this
+        else:
+            sha256, git = _hash_file(blob, git_sha1=kind == "git-sha1")
+        actual = sha256 if kind == "sha256" else git
+        if expected and actual != expected:
+            gone = _evict(link)
+            where = "was removed from the local cache (blob and snapshot link), so the next load downloads it " \
+                    "again" if gone else f"could not be removed from the cache: delete {blob}"
+            raise IntegrityError(
+                f"{src.repo_id}: {name}: the downloaded bytes have {kind} {actual}, but the Hub says {expected} "
+                f"({source}); the file was not used and {where}", path=f"hf://{src.repo_id}@{src.commit}/{name}",
+                field=kind)
+        _write_marker(marker, st, sha256, checked)
+        _record(src, name, link, sha256)
+
+
+def _record(src: _Source, name: str, link: Path, sha256: str) -> None:
+    src.fetched.append((name, link, sha256))
+    src.files.append({"name": f"hf://{src.repo_id}@{src.commit}/{name}", "sha256": sha256})
+
+
+def _evict_unparseable(src: _Source, err: CorruptFileError, root: Path) -> CorruptFileError:
+    """A loader could not parse a file: if it came from the HF cache, evict it so the next load re-fetches it.
+
+    Without this a damaged cached file (whose name, and maybe marker, look right) fails every load until
+    ``force_download=True``. ``root`` is the folder the loader read, to map the error's path to a repo path.
+    An error naming the folder rather than one file evicts every file this load took from the cache.
+    """
+    if not src.fetched or err.path is None:
+        return err
+    bad = Path(err.path)
+    try:
+        rel = bad.relative_to(root).as_posix()
+    except ValueError:
+        return err
+    folder = "" if rel == "." else rel + "/"
+    victims = [(n, link) for n, link, _ in src.fetched if n == rel] or [
+        (n, link) for n, link, _ in src.fetched if n.startswith(folder)]
+    if not victims:
+        return err
+    gone = [n for n, link in victims if _evict(link)]
+    if not gone:
+        return err
+    note = (f"; {', '.join(gone)} {'was' if len(gone) == 1 else 'were'} evicted from the local Hub cache "
+            f"(hf://{src.repo_id}), so the next online load downloads {'it' if len(gone) == 1 else 'them'} again")
+    return CorruptFileError(err.message + note, path=err.path, field=err.field)
 
 
 def _candidate_loaders(src: _Source, offline: bool) -> list[Loader]:
@@ -185,7 +429,7 @@ def _candidate_loaders(src: _Source, offline: bool) -> list[Loader]:
     try:
         names = HfApi().list_repo_files(src.repo_id, revision=src.revision)  # type: ignore[arg-type]
     except Exception as e:
-        raise _wrap_hub_error(e, src) from e
+        raise _wrap_hub_error(e, src, src.path or None, offline=False) from e
     prefix = "" if src.path in ("", ".") else src.path.rstrip("/") + "/"
     inside = [n[len(prefix):] for n in names if n.startswith(prefix)]
     if src.path and src.path in names:
@@ -214,22 +458,35 @@ def _local_target(src: _Source, offline: bool, force: bool) -> tuple[Path, str]:
     return target, detect_format(target)
 
 
-def _verify_sha256(target: Path, expected: str, label: str) -> None:
+def _verify_pin(src: _Source, target: Path, expected: str) -> None:
+    """The registry's ``sha256`` pin (of the SAE's largest file, its weights) against the bytes we will load.
+
+    For a Hub file the hash is the one :func:`_verify_fetched` already checked or computed (a cached load
+    hashes nothing again); a mismatch evicts it like any other bad download. A local release folder is the
+    user's own data: it is hashed, and never deleted.
+    """
     from sae_hub.files import sha256_file
 
+    expected = expected.lower()
+    if src.fetched:
+        name, link, actual = max(src.fetched, key=lambda t: t[1].stat().st_size)
+        if actual == expected:
+            return
+        gone = _evict(link)
+        where = ("was removed from the local cache (blob and snapshot link), so the next load downloads it again"
+                 if gone else "could not be removed from the cache")
+        raise IntegrityError(f"{src.repo_id}: {name}: sha256 {actual} differs from the registry's pin {expected}; "
+                             f"the file was not used and {where}", path=f"hf://{src.repo_id}@{src.commit}/{name}",
+                             field="sha256")
     files = [target] if target.is_file() else [f for f in target.rglob("*") if f.is_file()]
     weights = max(files, key=lambda f: f.stat().st_size)
     actual = sha256_file(weights)
-    if actual != expected.lower():
-        real = weights.resolve()
-        for p in (weights, real):  # drop the bad copy so a later load downloads it again
-            with contextlib.suppress(OSError):
-                p.unlink()
-        raise IntegrityError(f"sha256 {actual} differs from the registry's {expected}; the file was not used and "
-                             "was removed from the cache", path=f"{label} ({weights.name})")
+    if actual != expected:
+        raise IntegrityError(f"sha256 {actual} differs from the registry's pin {expected}; the file was not used "
+                             f"(release {src.label})", path=weights, field="sha256")
 
 
-def _apply_registry(cfg: SAEConfig, src: _Source) -> None:
+def _apply_registry(cfg: SAEConfig, src: _Source, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
     rel, entry = src.release, src.entry
     if rel is None or entry is None:
         return
@@ -250,16 +507,58 @@ def _apply_registry(cfg: SAEConfig, src: _Source) -> None:
         if value is not None:
             cfg.extra.setdefault(key, value)
     cfg.extra.setdefault("release", {"name": rel.name, "sae_id": entry.id})
+    if entry.config:
+        _apply_overrides(cfg, src, tensors)
+
+
+def _apply_overrides(cfg: SAEConfig, src: _Source, tensors: Mapping[str, torch.Tensor] | None) -> None:
+    """Apply a registry entry's ``config:`` overrides; an override that does not fit is the registry's error.
+
+    The registry checks each override's type when it reads the YAML, but some values are only wrong for a
+    particular SAE (``k`` above its ``d_sae``, a topk-only flag on a jumprelu SAE, a width its weights do not
+    have). Those surface here, after the SAE's own files loaded fine, so the error must point at the YAML file
+    and entry that set them, not at the downloaded config. A shape check against ``tensors`` runs only when the
+    weights fitted before the overrides, so a bad checkpoint is never blamed on the registry.
+    """
     import dataclasses
 
+    rel, entry = src.release, src.entry
+    assert rel is not None and entry is not None
+    origin = getattr(entry, "origin", None) or f"{rel.name}/{entry.id}"
+    where = f"release {rel.name!r}, SAE {entry.id!r}"
+    shown = ", ".join(f"{k}={v!r}" for k, v in entry.config.items())
     fields = {f.name for f in dataclasses.fields(cfg)} - {"provenance", "extra"}
-    for key, value in entry.config.items():
+    for key in entry.config:
         if key not in fields:
-            raise RegistryError(f"config override {key!r} is not an SAEConfig field", path=rel.source,
-                                field=f"{rel.name}/{entry.id}")
+            raise RegistryError(f"{where}: config override {key!r} is not an SAEConfig field", path=rel.source,
+                                field=f"{origin}.config.{key}")
+    fitted = tensors is not None and _shape_problem(cfg, tensors) is None
+    for key, value in entry.config.items():
         setattr(cfg, key, value)
-    if entry.config:
+    try:
         cfg.__post_init__()
+    except (ConfigError, TypeError, ValueError) as e:
+        detail = e.message if isinstance(e, SaeHubError) else f"{type(e).__name__}: {e}"
+        key = e.field if isinstance(e, SaeHubError) and e.field in entry.config else None
+        raise RegistryError(
+            f"{where}: config override {f'{key}={entry.config[key]!r}' if key else shown} does not fit this SAE: "
+            f"{detail}", path=rel.source, field=f"{origin}.config" + (f".{key}" if key else "")) from e
+    if fitted and tensors is not None and (problem := _shape_problem(cfg, tensors)) is not None:
+        raise RegistryError(f"{where}: config override(s) {shown} do not fit this SAE's weights: {problem}",
+                            path=rel.source, field=f"{origin}.config")
+
+
+def _shape_problem(cfg: SAEConfig, tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """Why ``tensors`` cannot be this config's parameters (what ``SAE.from_state_dict`` would refuse), or None."""
+    from sae_hub.sae import param_shapes
+
+    expected = param_shapes(cfg)
+    if set(expected) != set(tensors):
+        return f"the config needs tensors {sorted(expected)}, the weights have {sorted(tensors)}"
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            return f"tensor {key} has shape {list(tensors[key].shape)}, the config needs {list(shape)}"
+    return None
 
 
 def load_config_and_tensors(release: str, sae_id: str, *, revision: str | None = None,
@@ -273,12 +572,15 @@ def load_config_and_tensors(release: str, sae_id: str, *, revision: str | None =
     offline = _offline(local_files_only)
     target, fmt = _local_target(src, offline, force_download)
     if src.entry is not None and src.entry.sha256:
-        _verify_sha256(target, src.entry.sha256, src.label)
+        _verify_pin(src, target, src.entry.sha256)
     with warnings.catch_warnings():
         if src.entry is not None and src.entry.norm_scaling_factor is not None:
             warnings.filterwarnings("ignore", message=".*norm_scaling_factor.*")
-        cfg, tensors, where = load_local(target, format=fmt, options=options)
-    _apply_registry(cfg, src)
+        try:
+            cfg, tensors, where = load_local(target, format=fmt, options=options)
+        except CorruptFileError as e:
+            raise _evict_unparseable(src, e, _snapshot_root(target, src)) from e
+    _apply_registry(cfg, src, tensors)
     if src.files:
         cfg.provenance.source_files = src.files
     return cfg, tensors, where
@@ -321,19 +623,33 @@ def get_config(release: str, sae_id: str, *, revision: str | None = None, local_
             target = src.local_root / src.path if src.path not in ("", ".") else src.local_root
         else:
             target = _download(src, list(loader.config_files), offline=offline, force=False)
-        cfg = load_local_config(target, format=fmt, options=options)
+        try:
+            cfg = load_local_config(target, format=fmt, options=options)
+        except CorruptFileError as e:
+            raise _evict_unparseable(src, e, _snapshot_root(target, src)) from e
     elif (fmt is not None and src.repo_id is not None and not offline
           and (stub := _header_stub(src, get_loader(fmt))) is not None):
         with stub as folder:
-            cfg, _, _ = load_local(Path(folder) / src.path if src.path not in ("", ".") else Path(folder),
-                                   format=fmt, options=options)
+            try:
+                cfg, _, _ = load_local(Path(folder) / src.path if src.path not in ("", ".") else Path(folder),
+                                       format=fmt, options=options)
+            except CorruptFileError as e:
+                raise _evict_unparseable(src, e, Path(folder)) from e
     else:
         target, fmt = _local_target(src, offline, False)
-        cfg, _, _ = load_local(target, format=fmt, options=options)
+        try:
+            cfg, _, _ = load_local(target, format=fmt, options=options)
+        except CorruptFileError as e:
+            raise _evict_unparseable(src, e, _snapshot_root(target, src)) from e
     _apply_registry(cfg, src)
     if src.files:
         cfg.provenance.source_files = src.files
     return cfg
+
+
+def _snapshot_root(target: Path, src: _Source) -> Path:
+    """The snapshot folder a downloaded ``target`` (``<snapshot>/<src.path>``) lives in."""
+    return target.parents[len(Path(src.path).parts) - 1] if src.path not in ("", ".") else target
 
 
 _SMALL_TENSOR = 1 << 16  # bytes: tensors up to this size (scalars, norms) are fetched for real
@@ -348,7 +664,6 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
     without the weights being downloaded. Returns None when the format's files are not all of that kind (e.g.
     ``.npz``/``.pt`` weights), so the caller falls back to a full fetch.
     """
-    import json
     import struct
 
     from huggingface_hub import HfApi, HfFileSystem, hf_hub_download
@@ -358,24 +673,26 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
     try:
         listing = HfApi().list_repo_files(src.repo_id, revision=src.revision)
     except Exception as e:
-        raise _wrap_hub_error(e, src) from e
+        raise _wrap_hub_error(e, src, src.path or None, offline=False) from e
     names = [n for n in listing if n.startswith(prefix) and loader.matching_files([n[len(prefix):]])]
     if not names or any(not n.endswith((".safetensors", ".json", ".yaml", ".yml", ".txt")) for n in names):
         return None
     tmp = tempfile.TemporaryDirectory(prefix="sae-hub-config-")
     fs = HfFileSystem(skip_instance_cache=True)
+    name = names[0]
     try:
         for name in names:
             dest = Path(tmp.name) / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not name.endswith(".safetensors"):
-                Path(dest).write_bytes(Path(hf_hub_download(src.repo_id, name, revision=src.revision)).read_bytes())
+                got = Path(hf_hub_download(src.repo_id, name, revision=src.revision))
+                src.commit = got.parents[len(Path(name).parts) - 1].name
+                _verify_fetched(src, [(name, got)], offline=False)  # a config file is checked like any other
+                dest.write_bytes(got.read_bytes())
                 continue
             with fs.open(f"{src.repo_id}/{name}", "rb", revision=src.revision, block_size=1 << 16) as f:
                 size = f.size
-                (n,) = struct.unpack("<Q", f.read(8))
-                raw = f.read(n)
-                header = json.loads(raw)
+                n, raw, header = _remote_safetensors_header(f, size, f"hf://{src.repo_id}/{name}")
                 small = []
                 for key, info in header.items():
                     if key == "__metadata__":
@@ -395,10 +712,40 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
         raise
     except Exception as e:
         tmp.cleanup()
-        raise _wrap_hub_error(e, src) from e
+        raise _wrap_hub_error(e, src, name, offline=False) from e
     for name in names:
-        src.files.append({"name": f"hf://{src.repo_id}@{src.revision or 'main'}/{name}"})
+        if name.endswith(".safetensors"):  # header only: no hash of the whole file was computed
+            src.files.append({"name": f"hf://{src.repo_id}@{src.revision or 'main'}/{name}"})
     return tmp
+
+
+_MAX_HEADER = 100 << 20  # bytes: safetensors itself refuses larger headers
+
+
+def _remote_safetensors_header(f: Any, size: int, where: str) -> tuple[int, bytes, dict[str, Any]]:
+    """Read and check a remote safetensors header: a damaged file is a :class:`CorruptFileError` (never a
+    "download failed"), and a header length field that is garbage never makes us request gigabytes."""
+    import struct
+
+    first = f.read(8)
+    if len(first) < 8:
+        raise CorruptFileError(f"not a safetensors file: only {size} bytes", path=where)
+    (n,) = struct.unpack("<Q", first)
+    if n > min(size - 8, _MAX_HEADER):
+        raise CorruptFileError(f"not a safetensors file or truncated: header claims {n} bytes, file has {size}",
+                               path=where)
+    raw = f.read(n)
+    try:
+        header = json.loads(raw)
+        ok = isinstance(header, dict) and all(
+            k == "__metadata__" or (isinstance(v, dict) and len(v.get("data_offsets", ())) == 2
+                                    and all(isinstance(o, int) and 0 <= o <= size for o in v["data_offsets"]))
+            for k, v in header.items())
+    except ValueError as e:
+        raise CorruptFileError(f"safetensors header is not valid JSON: {e}", path=where) from None
+    if not ok:
+        raise CorruptFileError("malformed tensor entry in safetensors header", path=where)
+    return n, raw, header
 
 
 def model_card(sae: SAE, repo_id: str) -> str:
