@@ -20,6 +20,7 @@ from sae_hub.errors import (
     FormatDetectionError,
     IntegrityError,
     MissingFileError,
+    RegistryError,
     UnknownReleaseError,
     UnknownSAEError,
 )
@@ -303,3 +304,36 @@ def test_get_config_lm_saes_uses_real_norm_constants(hub):
     assert cfg.norm_scaling_factor == pytest.approx(full.norm_scaling_factor)
     assert (cfg.architecture, cfg.d_in, cfg.d_sae, cfg.hook_name) == (full.architecture, full.d_in, full.d_sae,
                                                                       full.hook_name)
+
+
+def _override_release(tmp_path: Path, sae_id: str, kind: str, config: str) -> Path:
+    """A registry YAML file whose one SAE carries ``config:`` overrides (issue 11)."""
+    path = tmp_path / "overrides.yaml"
+    path.write_text(
+        "releases:\n"
+        f"  - name: test-gpt2-res\n    model: gpt2\n    repo_id: {REPO}\n    format: saelens\n"
+        f"    saes:\n      - {{id: {sae_id}, path: blocks.3/{kind}, config: {config}}}\n")
+    assert sae_hub.registry.add(path) == ["test-gpt2-res"]
+    return path
+
+
+@pytest.mark.parametrize(("kind", "config", "key"), [
+    ("topk", "{k: 100000}", "k"),  # a valid int, but above this SAE's d_sae=64: only known once it is loaded
+    ("jumprelu", "{rescale_acts_by_decoder_norm: true}", "rescale_acts_by_decoder_norm"),  # topk-only flag
+])
+def test_registry_override_invalid_for_this_sae_names_the_yaml_file_and_entry(hub, tmp_path, kind, config, key):
+    seed(hub)
+    path = _override_release(tmp_path, "bad", kind, config)
+    for call in (SAE.from_pretrained, SAE.get_config):
+        with pytest.raises(RegistryError) as e:
+            call("test-gpt2-res", "bad")
+        assert e.value.path == str(path) and e.value.field is not None and e.value.field.endswith(f"config.{key}")
+        assert "'bad'" in str(e.value) and "test-gpt2-res" in str(e.value) and key in str(e.value)
+
+
+def test_registry_override_contradicting_the_weights_names_the_yaml_file(hub, tmp_path):
+    seed(hub)
+    path = _override_release(tmp_path, "narrow", "topk", "{d_sae: 32}")  # the weights are [16, 64]
+    with pytest.raises(RegistryError, match="d_sae=32.*W_enc") as e:
+        SAE.from_pretrained("test-gpt2-res", "narrow")
+    assert e.value.path == str(path) and e.value.field is not None and e.value.field.endswith(".config")
