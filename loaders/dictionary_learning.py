@@ -197,7 +197,8 @@ def _k_value(state: Mapping[str, torch.Tensor], trainer: Mapping[str, Any], opti
             continue
         if isinstance(raw, torch.Tensor):
             raw = raw.item()
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw or raw <= 0:
+        if (isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or int(raw) != raw
+                or raw <= 0):
             raise ConfigError(f"k from the {where} must be a positive integer, got {raw!r}", path=path, field="k")
         found[where] = int(raw)
     if not found:
@@ -259,7 +260,10 @@ def _convert(dict_class: str, s: dict[str, torch.Tensor], trainer: Mapping[str, 
         kw.update(apply_b_dec_to_input=True)
         threshold = _scalar(s.get("threshold"))
         if dict_class == "AutoEncoderTopK" and not use_threshold:
-            kw.update(architecture="topk", k=_k_value(s, trainer, options, path))
+            k = _k_value(s, trainer, options, path)
+            if k > t["W_enc"].shape[1]:
+                raise ConfigError(f"k={k} exceeds the number of features {t['W_enc'].shape[1]}", path=path, field="k")
+            kw.update(architecture="topk", k=k)
         else:
             if threshold is None:
                 raise UnsupportedSAEError(

@@ -64,7 +64,8 @@ def path_info(path: Path) -> dict[str, Any]:
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """Gemma Scope (Gemma 2) ``params.npz`` JumpReLU SAE or transcoder."""
     file = path / PARAMS if path.is_dir() else path
-    arrays = read_npz(file)
+    wanted = {k.lower() for k in _KEYS}
+    arrays = read_npz(file, keep=lambda name: name.lower() in wanted)  # others: .npy header only
     lower = {k.lower(): k for k in arrays}
     tensors: dict[str, torch.Tensor] = {}
     for key in _KEYS:

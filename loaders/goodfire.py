@@ -120,6 +120,8 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
         if b_dec is None:
             b_dec = torch.zeros(d_in, dtype=W_d.dtype)
         k = _k(options.get("k"), file)
+        if k > d_sae:
+            raise ConfigError(f"k={k} exceeds the number of features d_sae={d_sae}", path=file, field="k")
         arch = "topk"
         notes.append("gpt-oss Goodfire TopK SAE: assumed no input centering, topk(relu(x @ W_enc + b_enc))")
     cfg = SAEConfig(architecture=arch, d_in=int(d_in), d_sae=int(d_sae), k=k,

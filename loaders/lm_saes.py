@@ -73,6 +73,7 @@ from sae_hub.errors import (
 )
 from sae_hub.files import read_json, read_safetensors
 from sae_hub.loading import register_loader
+from sae_hub.safe_pickle import load_weights_only
 
 __all__ = ["detect", "load"]
 
@@ -153,11 +154,8 @@ def detect(path: Path) -> bool:
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # weights_only refuses any non-tensor global: nothing is executed
-        raise CorruptFileError(f"cannot read this lm-saes .pt checkpoint: {type(e).__name__}: {e}",
-                               path=path) from None
+    # weights_only (nothing is executed), memory-mapped only where every record is stored at its declared size
+    obj = load_weights_only(path)
     sd = obj.get("sae") if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CorruptFileError("an lm-saes .pt checkpoint is {'sae': state_dict, 'version': ...}", path=path)
@@ -207,8 +205,11 @@ def _check_norm(value: float, hook: str, path: Path) -> float:
 
 
 def _lookup_norms(hooks: tuple[str, str], sd: dict[str, torch.Tensor], cfg_json: dict[str, Any],
-                  options: dict[str, Any], path: Path) -> tuple[float, float]:
-    """The dataset-wise average norms of (hook_in, hook_out): option > weights file > config JSON."""
+                  options: dict[str, Any], path: Path, cfg_path: Path | None = None) -> tuple[float, float]:
+    """The dataset-wise average norms of (hook_in, hook_out): option > weights file > config JSON.
+
+    Errors name the file the bad value came from (``path`` for the weights and options, ``cfg_path`` for the
+    config JSON)."""
     override = options.get("dataset_average_activation_norm")
     if override is not None and not isinstance(override, dict):
         raise ConfigError("dataset_average_activation_norm must be a dict {hook or 'in'/'out': float}",
@@ -218,13 +219,16 @@ def _lookup_norms(hooks: tuple[str, str], sd: dict[str, torch.Tensor], cfg_json:
     out = []
     for hook, side in zip(hooks, ("in", "out"), strict=True):
         value: Any = None
-        for source in (override or {}, {k[len(NORM_PREFIX):]: v for k, v in sd.items() if k.startswith(NORM_PREFIX)},
-                       stored):
+        where = path
+        for source, src_path in ((override or {}, path),
+                                 ({k[len(NORM_PREFIX):]: v for k, v in sd.items() if k.startswith(NORM_PREFIX)}, path),
+                                 (stored, cfg_path or path)):
             for key in (hook, side):
                 if key in source:
                     value = source[key]
                     break
             if value is not None:
+                where = src_path
                 break
         if value is None:
             raise ConfigError(
@@ -234,13 +238,13 @@ def _lookup_norms(hooks: tuple[str, str], sd: dict[str, torch.Tensor], cfg_json:
             )
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
-                raise ShapeMismatchError(f"{NORM_PREFIX}{hook} must be a scalar", path=path,
+                raise ShapeMismatchError(f"{NORM_PREFIX}{hook} must be a scalar", path=where,
                                          field=f"{NORM_PREFIX}{hook}")
             value = value.float().item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"dataset_average_activation_norm[{hook!r}] must be a number, got {value!r}",
-                              path=path, field=f"{NORM_PREFIX}{hook}")
-        out.append(_check_norm(float(value), hook, path))
+                              path=where, field=f"{NORM_PREFIX}{hook}")
+        out.append(_check_norm(float(value), hook, where))
     return out[0], out[1]
 
 
@@ -380,6 +384,14 @@ def _check_act_and_norm(f: dict[str, Any], cfg_path: Path) -> None:
         raise ConfigError(f"top_k must be positive, got {f['top_k']}", path=cfg_path, field="top_k")
 
 
+def _check_top_k(f: dict[str, Any], d_sae: int, cfg_path: Path) -> None:
+    """top_k must select at most d_sae features (a value like 1e9 is refused here, naming the file, rather than
+    deep inside the SAE config without it)."""
+    if f["act_fn"] in ("topk", "batchtopk") and f["top_k"] > d_sae:
+        raise ConfigError(f"top_k={f['top_k']} exceeds the number of features d_sae={d_sae}", path=cfg_path,
+                          field="top_k")
+
+
 def _load_era_bc(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Tensor], meta: dict[str, str],
                  weights: Path, folder: Path, options: dict[str, Any],
                  ) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
@@ -387,10 +399,14 @@ def _load_era_bc(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.T
     _check_act_and_norm(f, cfg_path)
     d = f["d_model"]
     ef = _get(cfg_json, "expansion_factor", (int, float), cfg_path)
+    if not math.isfinite(ef) or ef <= 0:
+        raise ConfigError(f"expansion_factor must be a positive finite number, got {ef!r}", path=cfg_path,
+                          field="expansion_factor")
     d_sae = int(d * ef)
     if d_sae <= 0:
         raise ConfigError(f"d_sae = int(d_model * expansion_factor) = {d_sae}", path=cfg_path,
                           field="expansion_factor")
+    _check_top_k(f, d_sae, cfg_path)
     if "W_E" in sd:
         era = "C"
         W_E = _tensor(sd, "W_E", (d, d_sae), weights)
@@ -417,6 +433,9 @@ def _load_era_bc(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.T
             theta = _tensor(sd, "log_jumprelu_threshold", (d_sae,), weights).exp()
         elif isinstance(cfg_json.get("jump_relu_threshold"), (int, float)):
             era = "B0" if era == "B" else era
+            if not math.isfinite(cfg_json["jump_relu_threshold"]):
+                raise ConfigError(f"jump_relu_threshold must be finite, got {cfg_json['jump_relu_threshold']!r}",
+                                  path=cfg_path, field="jump_relu_threshold")
             theta = torch.full((d_sae,), float(cfg_json["jump_relu_threshold"]), dtype=torch.float32)
         else:
             raise ShapeMismatchError("act_fn='jumprelu' but no log_jumprelu_threshold tensor and no "
@@ -440,7 +459,7 @@ def _load_era_bc(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.T
     s_in = s_out = 1.0
     norm_kind = "none"
     if f["norm"] == "dataset-wise":
-        n_in, n_out = _lookup_norms((f["hook_in"], f["hook_out"]), sd, cfg_json, options, weights)
+        n_in, n_out = _lookup_norms((f["hook_in"], f["hook_out"]), sd, cfg_json, options, weights, cfg_path)
         if fold:
             fs_in, fs_out = math.sqrt(d) / n_in, math.sqrt(d) / n_out
             raw.b_E = raw.b_E / fs_in
@@ -605,6 +624,7 @@ def _load_era_a(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Te
         raise ShapeMismatchError(f"encoder.weight has {d_sae} rows, hyperparams say d_sae={cfg_json['d_sae']}",
                                  path=weights, field="encoder.weight")
     E = _tensor(sd, "encoder.weight", (d_sae, d), weights)
+    _check_top_k(f, d_sae, cfg_path)
     dtype = E.dtype
     be = _tensor(sd, "encoder.bias", (d_sae,), weights).float()
     D = _tensor(sd, "decoder.weight", (d, d_sae), weights).float()

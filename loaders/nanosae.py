@@ -27,6 +27,7 @@ Options: ``dataset_normalization`` (``"zscore"`` or ``None``/``"none"``), ``k`` 
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Mapping
@@ -135,7 +136,7 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
         if kind is None:
             raise UnsupportedSAEError(f"the pickle holds {qn}; supported nanoSAE classes: {', '.join(_CLASSES)}",
                                       path=file)
-        state = module_state_dict(obj)
+        state = module_state_dict(obj, path=file)
         cfg_obj = obj.__dict__.get("config")
         if isinstance(cfg_obj, Stub):
             config = {k: v for k, v in cfg_obj.__dict__.items() if not k.startswith("_stub")}
@@ -184,6 +185,8 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
         notes.append("b_enc = encoder.bias - b_dec @ W_enc (SAETopK encodes relu(encoder(x - b_dec)); "
                      "decode does not add b_dec back, so canonical b_dec = decoder.bias)")
         k = _k(options.get("k"), pickled_k, file)
+        if k > d_sae:
+            raise ConfigError(f"k={k} exceeds the number of features d_sae={d_sae}", path=file, field="k")
         if pickled_k is None and options.get("k") is None:
             notes.append("k = 16 (SAETopK hard-codes it; the state dict does not store it)")
         arch = "topk"
@@ -231,7 +234,7 @@ def _k(option: Any, pickled: Any, file: Path) -> int:
             continue
         if isinstance(v, torch.Tensor) and v.numel() == 1:
             v = v.item()
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or v <= 0:
             raise ConfigError(f"k must be a positive integer, got {v!r}", path=file, field="k")
         values.append(int(v))
     if len(values) == 2 and values[0] != values[1]:

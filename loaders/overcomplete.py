@@ -168,7 +168,7 @@ def _from_module(top: Stub, file: Path) -> _Source:
         raise UnsupportedSAEError(
             f"{qn} is not a class this loader knows (supported: {', '.join(sorted(_SUPPORTED))})", path=file
         )
-    src = _Source(file, qn, module_state_dict(top))
+    src = _Source(file, qn, module_state_dict(top, path=file))
     src.top_k = _attr(top, "top_k")
     src.running_threshold = _attr(top, "running_threshold")
     mods = _modules(top)
@@ -231,23 +231,24 @@ def _check_encoder(enc: Any, file: Path, src: _Source) -> None:
         raise UnsupportedSAEError(f"encoder block {part} is not supported", path=file)
 
 
-def _opt_int(value: Any, name: str) -> int | None:
+def _opt_int(value: Any, name: str, path: Path | None = None) -> int | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}", field=name)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or int(value) != value or value <= 0):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}", path=path, field=name)
     return int(value)
 
 
-def _opt_float(value: Any, name: str) -> float | None:
+def _opt_float(value: Any, name: str, path: Path | None = None) -> float | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}", field=name)
+        raise ConfigError(f"{name} must be a finite number, got {value!r}", path=path, field=name)
     return float(value)
 
 
@@ -447,16 +448,19 @@ def _convert(src: _Source, options: dict[str, Any]) -> tuple[SAEConfig, dict[str
     canonical = arch
     if arch == "topk":
         k = _opt_int(options.get("top_k"), "top_k")
-        pickled = _opt_int(src.top_k, "top_k")
+        pickled = _opt_int(src.top_k, "top_k", src.path)
         if k is not None and pickled is not None and k != pickled:
             raise ConfigError(f"top_k={k} contradicts the pickled top_k={pickled}", path=src.path, field="top_k")
         k = k if k is not None else pickled
         if k is None:
             raise ConfigError("TopKSAE needs top_k (not stored in state dicts): pass top_k=K",
                               path=src.path, field="top_k")
+        if k > d_sae:
+            raise ConfigError(f"top_k={k} exceeds the number of features d_sae={d_sae}", path=src.path,
+                              field="top_k")
     elif arch == "batchtopk":
         t = _opt_float(options.get("running_threshold"), "running_threshold")
-        pickled_t = _opt_float(src.running_threshold, "running_threshold")
+        pickled_t = _opt_float(src.running_threshold, "running_threshold", src.path)
         if t is not None and pickled_t is not None and not math.isclose(t, pickled_t, rel_tol=1e-6):
             raise ConfigError(f"running_threshold={t} contradicts the pickled value {pickled_t}",
                               path=src.path, field="running_threshold")

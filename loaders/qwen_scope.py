@@ -112,6 +112,8 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
     elif name_k is not None and name_k != k:
         raise ConfigError(f"k={k} contradicts the repository name (L0_{name_k})", path=file, field="k")
 
+    if k == 0 or k > d_sae:
+        raise ConfigError(f"k={k} must be between 1 and the number of features d_sae={d_sae}", path=file, field="k")
     cfg = SAEConfig(architecture="topk", d_in=int(d_in), d_sae=int(d_sae), k=k,
                     dtype=str(W_e.dtype).removeprefix("torch."))
     if layer is not None:

@@ -65,6 +65,14 @@ LIBRARY_PREFIXES: tuple[str, ...] = ("overcomplete.sae", "psn.sae", "nanosae", "
 _TORCH_STUB_PREFIXES: tuple[str, ...] = ("torch.nn.modules", "torch.nn.functional")
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# A torch ``data.pkl`` holds structure only (tensor bytes live in data/N records): a few kB for an SAE, some MB for
+# a whole LLM state dict. Anything larger is refused before it is read (or inflated).
+MAX_PICKLE_BYTES = 64 << 20
+# deflate cannot compress better than ~1032:1; a record that claims more is a lie (a zip bomb or a damaged header)
+_MAX_DEFLATE_RATIO = 1032
+# module trees: real ones are < 20 deep with < 10k submodule paths; shared submodules multiply paths
+_MAX_MODULE_DEPTH = 128
+_MAX_MODULE_PATHS = 100_000
 _LEGACY_PROTOCOL = 1001
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -167,31 +175,60 @@ def qualname_of(obj: Any) -> str | None:
     return None
 
 
-def module_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+def module_state_dict(obj: Any, prefix: str = "", *, path: str | os.PathLike[str] | None = None,
+                      ) -> dict[str, torch.Tensor]:
     """``nn.Module.state_dict()`` of a stubbed module: parameters and persistent buffers, recursively.
 
-    ``None`` entries (``bias=False``) are skipped, like torch does.
+    ``None`` entries (``bias=False``) are skipped, like torch does. A submodule reachable under several names (a
+    shared / tied submodule) appears under each of them, as in torch's ``state_dict``; its own entries are
+    computed once. Because a pickle can share references freely, a 4 kB file can describe a module DAG whose
+    paths number 2**40: the walk is therefore bounded (``_MAX_MODULE_PATHS`` paths, ``_MAX_MODULE_DEPTH``
+    levels) and a cycle is refused, each as :class:`CorruptFileError` naming ``path`` and the submodule.
     """
     out: dict[str, torch.Tensor] = {}
-    if not isinstance(obj, Stub):
-        return out
-    d = obj.__dict__
-    params = d.get("_parameters")
-    if isinstance(params, Mapping):
-        for name, value in params.items():
-            if isinstance(value, torch.Tensor):
-                out[prefix + str(name)] = value
-    buffers = d.get("_buffers")
-    if isinstance(buffers, Mapping):
-        skip = d.get("_non_persistent_buffers_set")
-        skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
-        for name, value in buffers.items():
-            if isinstance(value, torch.Tensor) and name not in skip:
-                out[prefix + str(name)] = value
-    modules = d.get("_modules")
-    if isinstance(modules, Mapping):
-        for name, child in modules.items():
-            out.update(module_state_dict(child, f"{prefix}{name}."))
+    own: dict[int, list[tuple[str, torch.Tensor]]] = {}
+    on_path: set[int] = set()
+    budget = [_MAX_MODULE_PATHS]
+
+    def local(d: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+        items: list[tuple[str, torch.Tensor]] = []
+        params = d.get("_parameters")
+        if isinstance(params, Mapping):
+            items += [(str(n), v) for n, v in params.items() if isinstance(v, torch.Tensor)]
+        buffers = d.get("_buffers")
+        if isinstance(buffers, Mapping):
+            skip = d.get("_non_persistent_buffers_set")
+            skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
+            items += [(str(n), v) for n, v in buffers.items() if isinstance(v, torch.Tensor) and n not in skip]
+        return items
+
+    def walk(node: Stub, pre: str, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise CorruptFileError(f"the module tree has more than {_MAX_MODULE_PATHS} submodule paths (shared "
+                                   "submodules multiply them); refusing to expand it", path=path, field=pre or None)
+        if depth > _MAX_MODULE_DEPTH:
+            raise CorruptFileError(f"modules nested deeper than {_MAX_MODULE_DEPTH} levels", path=path,
+                                   field=pre or None)
+        key = id(node)
+        if key in on_path:
+            raise CorruptFileError("a submodule contains itself (a cycle in _modules)", path=path,
+                                   field=pre.rstrip(".") or None)
+        d = node.__dict__
+        if key not in own:
+            own[key] = local(d)
+        for name, value in own[key]:
+            out[pre + name] = value
+        modules = d.get("_modules")
+        if isinstance(modules, Mapping):
+            on_path.add(key)
+            for name, child in modules.items():
+                if isinstance(child, Stub):
+                    walk(child, f"{pre}{name}.", depth + 1)
+            on_path.discard(key)
+
+    if isinstance(obj, Stub):
+        walk(obj, prefix, 0)
     return out
 
 
@@ -302,11 +339,13 @@ def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- allow-list
 
+# Audit: nothing here can allocate more memory than the pickle's own bytes from a small argument
+# (``builtins.bytearray`` could: ``bytearray(3 << 30)`` is 33 bytes of pickle; it is not allowed). Tensor storages
+# come only from the archive's own records, checked against the sizes the pickle declares.
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
     ("builtins", "complex"): complex,
     ("builtins", "slice"): slice,
     ("builtins", "object"): object,
@@ -419,7 +458,38 @@ def _zip_member_offset(buf: mmap.mmap | bytes, info: zipfile.ZipInfo) -> int:
     return start + 30 + name_len + extra_len
 
 
-def _load_zip(path: Path, skeleton: bool) -> Any:
+def _check_record(info: zipfile.ZipInfo | None, name: str, nbytes: int | None, path: Path, file_size: int) -> bool:
+    """Check a zip member from the directory alone, before anything is read or inflated; True if it is stored.
+
+    ``nbytes`` is the size the pickle declares (``None`` for ``data.pkl``, which is capped instead): a record must
+    hold exactly that many bytes (what torch writes, and what ``torch.load`` without mmap checks), lie inside the
+    file, and a deflated one must not claim more than deflate can produce from its compressed bytes.
+    """
+    if info is None:
+        raise CorruptFileError(f"archive has no record {name}", path=path, field=name)
+    if nbytes is None and info.file_size > MAX_PICKLE_BYTES:
+        raise CorruptFileError(f"{name} is {info.file_size} bytes; a torch pickle holds structure only and is "
+                               f"refused above {MAX_PICKLE_BYTES} bytes", path=path, field=name)
+    if nbytes is not None and info.file_size != nbytes:
+        raise CorruptFileError(f"record {name} holds {info.file_size} bytes, the pickle needs {nbytes}",
+                               path=path, field=name)
+    if info.header_offset + 30 + info.compress_size > file_size:
+        raise CorruptFileError(f"record {name} runs past the end of the file", path=path, field=name)
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise CorruptFileError(f"stored record {name} has compressed size {info.compress_size} != size "
+                                   f"{info.file_size}", path=path, field=name)
+        return True
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        raise CorruptFileError(f"record {name} uses zip compression method {info.compress_type} (torch writes "
+                               "stored or deflated records only)", path=path, field=name)
+    if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise CorruptFileError(f"deflated record {name} claims {info.file_size} bytes from {info.compress_size} "
+                               "compressed bytes, more than deflate can produce", path=path, field=name)
+    return False
+
+
+def _load_zip(path: Path, skeleton: bool, declared: dict[str, int] | None = None) -> Any:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -440,6 +510,7 @@ def _load_zip(path: Path, skeleton: bool) -> Any:
         if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
             raise UnsupportedSAEError("big-endian torch archives are not supported", path=path)
         infos = {i.filename: i for i in zf.infolist()}
+        file_size = path.stat().st_size
         buf: mmap.mmap | None = None
         cache: dict[str, torch.UntypedStorage] = {}
 
@@ -453,16 +524,14 @@ def _load_zip(path: Path, skeleton: bool) -> Any:
                 raise pickle.UnpicklingError(f"malformed storage id {data!r}")
             nbytes = numel * _itemsize(dtype)
             if skeleton:
+                if declared is not None:
+                    declared.setdefault(key, nbytes)
                 return _Storage(None, dtype, numel)
             untyped = cache.get(key)
             if untyped is None:
                 info = infos.get(f"{prefix}data/{key}")
-                if info is None:
-                    raise CorruptFileError(f"archive has no record data/{key}", path=path)
-                if info.file_size < nbytes:
-                    raise CorruptFileError(
-                        f"record data/{key} holds {info.file_size} bytes, the pickle needs {nbytes}", path=path
-                    )
+                _check_record(info, f"data/{key}", nbytes, path, file_size)
+                assert info is not None
                 untyped = _read_record(zf, info, info.file_size)
                 cache[key] = untyped
             elif untyped.nbytes() < nbytes:
@@ -487,6 +556,7 @@ def _load_zip(path: Path, skeleton: bool) -> Any:
                 data = bytearray(z.read(info)[:nbytes])
             return torch.frombuffer(data, dtype=torch.uint8).untyped_storage()
 
+        _check_record(infos.get(pkls[0]), pkls[0], None, path, file_size)
         raw = zf.read(pkls[0])
         return _SafeUnpickler(io.BytesIO(raw), path, load_storage).load()
 
@@ -502,6 +572,9 @@ def _load_legacy(f: IO[bytes], path: Path, skeleton: bool) -> Any:
     _SafeUnpickler(f, path, None).load()  # sys_info
     roots: dict[str, _Storage] = {}
     views: dict[str, _Storage] = {}
+    # every storage's bytes follow the pickles in the file: what is declared must fit in it (else a few bytes of
+    # pickle could allocate terabytes before the data is read)
+    room = [os.fstat(f.fileno()).st_size]
 
     def load_storage(data: tuple[Any, ...]) -> _Storage:
         if len(data) != 5:
@@ -514,6 +587,10 @@ def _load_legacy(f: IO[bytes], path: Path, skeleton: bool) -> Any:
         size = _itemsize(dtype)
         root = roots.get(root_key)
         if root is None:
+            room[0] -= 8 + numel * size
+            if room[0] < 0:
+                raise CorruptFileError(f"legacy storage {root_key} declares {numel} elements, more than the file "
+                                       "holds", path=path, field=root_key)
             untyped = None if skeleton else torch.UntypedStorage(numel * size)
             root = roots[root_key] = _Storage(untyped, dtype, numel)
         if view_metadata is None:
@@ -599,8 +676,13 @@ def safe_load(path: str | os.PathLike[str], *, skeleton: bool = False) -> Any:
     and tar archives.
     """
     p = Path(path)
+    return _typed_errors(p, _load_path, p, skeleton)
+
+
+def _typed_errors(p: Path, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)``, turning what a malformed pickle makes it raise into a :class:`SaeHubError` naming ``p``."""
     try:
-        return _load_path(p, skeleton)
+        return fn(*args)
     except SaeHubError as e:
         if e.path is None:
             raise type(e)(e.message, path=p, field=e.field) from None
@@ -652,8 +734,9 @@ def load_weights_only(path: str | os.PathLike[str]) -> Any:
         with open(p, "rb") as f:
             if f.read(4) == b"PK\x03\x04":
                 raise CorruptFileError("truncated or damaged torch zip archive (no central directory)", path=p)
+    mmap_ok = is_zip and _typed_errors(p, _records_stored_as_declared, p)
     try:
-        return torch.load(p, map_location="cpu", weights_only=True, mmap=is_zip)
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap_ok)
     except pickle.UnpicklingError as e:
         msg = str(e)
         name = _global_from_message(msg)
@@ -669,6 +752,22 @@ def load_weights_only(path: str | os.PathLike[str]) -> Any:
         raise CorruptFileError(f"cannot read this torch checkpoint: {type(e).__name__}: {first}", path=p) from None
 
 
+def _records_stored_as_declared(p: Path) -> bool:
+    """Whether ``torch.load(mmap=True)`` reads this archive faithfully: every record the pickle uses is stored
+    (not deflated) and exactly as large as declared. torch's mmap path slices the file at the record's offset for
+    the declared size without checking either, so a short record yields the neighbouring bytes and a deflated one
+    its compressed bytes. A record of the wrong size raises :class:`CorruptFileError` here; a deflated one
+    returns False (read without mmap, where torch inflates it into a buffer of the declared size)."""
+    declared: dict[str, int] = {}
+    _load_zip(p, skeleton=True, declared=declared)
+    size = p.stat().st_size
+    with zipfile.ZipFile(p) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        prefix = next(n for n in infos if n.endswith("data.pkl") and n.count("/") == 1)[: -len("data.pkl")]
+        stored = [_check_record(infos.get(f"{prefix}data/{k}"), f"data/{k}", n, p, size) for k, n in declared.items()]
+    return all(stored)
+
+
 def _global_from_message(msg: str) -> str | None:
     import re
 
@@ -676,14 +775,15 @@ def _global_from_message(msg: str) -> str | None:
     return m.group(1) if m else None
 
 
-def read_npz(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def read_npz(path: str | os.PathLike[str], keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """Arrays of an ``.npz`` as tensors, never unpickling anything (object arrays are refused).
 
     Members stored uncompressed (what ``np.savez`` writes, e.g. Gemma Scope's ``params.npz``) are read straight
     from the file into each array, checking the zip CRC-32 piece by piece while the bytes are in cache (one
     copy instead of ``np.load``'s two, ~10% faster, same checks); compressed members go through the zip stream.
     Each member's header is checked against its size before anything is allocated, so a truncated, damaged or
-    lying archive is a :class:`CorruptFileError` naming the array.
+    lying archive is a :class:`CorruptFileError` naming the array. ``keep(name)`` picks the arrays to read:
+    of the others only the .npy header is read (an unneeded deflated member could inflate to GiBs).
     """
     p = Path(path)
     if not p.is_file():
@@ -697,7 +797,12 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             for info in zf.infolist():
                 if info.filename.endswith(".npy"):
                     name = info.filename.removesuffix(".npy")
+                    _check_npz_entry(info, p, name)
                     try:
+                        if keep is not None and not keep(name):  # header only: object arrays are still refused
+                            with zf.open(info) as member:
+                                _check_npy_header(member, info.file_size, p, name)
+                            continue
                         out[name] = _npy_tensor(_read_npz_member(zf, f, info, p, name), p, name)
                     except SaeHubError:
                         raise
@@ -709,6 +814,24 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise
     except (OSError, zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
         raise CorruptFileError(f"cannot read this .npz: {type(e).__name__}: {e}", path=p) from None
+
+
+def _check_npz_entry(info: zipfile.ZipInfo, p: Path, name: str) -> None:
+    """The zip entry's own sizes, before anything is read: stored entries lie inside the file, deflated ones claim
+    no more than deflate can produce (the .npy header is then checked against the entry size)."""
+    if info.header_offset + 30 + info.compress_size > p.stat().st_size:
+        raise CorruptFileError("zip entry runs past the end of the file", path=p, field=name)
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise CorruptFileError(f"stored zip entry has compressed size {info.compress_size} != size "
+                                   f"{info.file_size}", path=p, field=name)
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            raise CorruptFileError(f"deflated zip entry claims {info.file_size} bytes from {info.compress_size} "
+                                   "compressed bytes, more than deflate can produce", path=p, field=name)
+    else:
+        raise CorruptFileError(f"zip compression method {info.compress_type} (numpy writes stored or deflated "
+                               "entries only)", path=p, field=name)
 
 
 def _read_npz_member(zf: zipfile.ZipFile, f: IO[bytes], info: zipfile.ZipInfo, p: Path, name: str) -> Any:
