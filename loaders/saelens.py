@@ -9,6 +9,7 @@ fine-tuned SAEs hold a per-feature ``scaling_factor`` that multiplies features b
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from typing import Any
 import torch
 
 from sae_hub.config import SAEConfig
+from sae_hub.errors import ConfigError, ShapeMismatchError
 from sae_hub.files import read_json, read_safetensors
 from sae_hub.loading import register_loader
+from sae_hub.sae import check_floating_weights
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -34,6 +37,9 @@ def load_config(path: Path, options: dict[str, Any]) -> SAEConfig:
     cfg = SAEConfig.from_dict(read_json(folder / CONFIG), path=str(folder / CONFIG))
     factor = options.get("norm_scaling_factor")
     if factor is not None:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+            raise ConfigError(f"option norm_scaling_factor must be a positive finite number, got {factor!r}",
+                              path=folder, field="norm_scaling_factor")
         cfg.norm_scaling_factor = float(factor)
     return cfg
 
@@ -45,11 +51,16 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
     folder = path if path.is_dir() else path.parent
     cfg = load_config(path, options)
     tensors, _ = read_safetensors(folder / WEIGHTS)
+    check_floating_weights(tensors, folder / WEIGHTS)  # here, so the error names the weights file
     if "log_threshold" in tensors and "threshold" not in tensors:
-        tensors["threshold"] = tensors.pop("log_threshold").float().exp().to(tensors["W_enc"].dtype)
+        log_threshold = tensors.pop("log_threshold")
+        tensors["threshold"] = log_threshold.float().exp().to(tensors.get("W_enc", log_threshold).dtype)
         cfg.record("threshold = exp(log_threshold)")
     scale = tensors.pop("scaling_factor", None)
-    if scale is not None and not bool((scale == 1).all()):
+    if scale is not None and "W_dec" in tensors and tuple(scale.shape) != (tensors["W_dec"].shape[0],):
+        raise ShapeMismatchError(f"scaling_factor has shape {list(scale.shape)}, W_dec has "
+                                 f"{tensors['W_dec'].shape[0]} rows", path=folder / WEIGHTS, field="scaling_factor")
+    if scale is not None and "W_dec" in tensors and not bool((scale == 1).all()):
         W = tensors["W_dec"]
         tensors["W_dec"] = (W.float() * scale.float()[:, None]).to(W.dtype)
         cfg.record("W_dec rows *= scaling_factor (pre-6 finetuning scale)")

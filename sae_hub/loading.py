@@ -20,6 +20,7 @@ import functools
 import importlib
 import os
 import pkgutil
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,10 +243,35 @@ def _detect_hits(p: Path, names: set[str] | None) -> list[str]:
     return hits
 
 
+def _check_path(p: Path) -> None:
+    """A path to load must be a folder or a regular file (symlinks to either are fine).
+
+    Why here: a FIFO blocks whoever opens it and a device never ends, and loaders' ``detect`` functions and
+    readers outside :mod:`sae_hub.files` (``torch.load``, ``zipfile``) open the path directly.
+    """
+    try:
+        mode = os.stat(p).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise MissingFileError("no such file or folder", path=p) from None
+    except OSError as e:
+        raise CorruptFileError(f"cannot read this path: {e.strerror or e}", path=p) from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise CorruptFileError("not a regular file or a folder (a FIFO, device or socket); only regular files, "
+                               "folders, or symlinks to them, are read", path=p)
+
+
+def _named(e: SaeHubError, p: Path) -> None:
+    """Make ``e`` name ``p`` if it names no file yet (a loader, or an SAEConfig built inside it, raised it without
+    one), so every error from loading says which checkpoint it is about; type, field and traceback are kept."""
+    if e.path is None:
+        e.path = str(p)
+        where = [f"file {e.path}"] + ([f"field {e.field!r}"] if e.field is not None else [])
+        e.args = (f"{e.message} ({', '.join(where)})", *e.args[1:])
+
+
 def _detect_format(p: Path) -> str:
+    _check_path(p)
     names = _entry_names(p)
-    if names is None and not p.exists():
-        raise MissingFileError("no such file or folder", path=p)
     _discover()
     hits = _detect_hits(p, names)
     if not hits and not _plugins_discovered:
@@ -281,10 +307,12 @@ def load_local_config(path: str | Path, *, format: str, options: Mapping[str, An
     loader = get_loader(format)
     if loader.load_config is None:
         raise ConfigError(f"loader {format!r} cannot read a config without the weights", field="format")
+    _check_path(p)
     opts = _checked_options(loader, p, options)
     try:
         cfg = loader.load_config(p, opts)
-    except SaeHubError:
+    except SaeHubError as e:
+        _named(e, p)
         raise
     except Exception as e:
         raise CorruptFileError(f"loader {format!r} could not read this: {type(e).__name__}: {e}", path=p) from e
@@ -302,17 +330,14 @@ def load_local(
     into a :class:`CorruptFileError` naming the loader and the path.
     """
     p = Path(path)
-    if format is None:
-        name = detect_format(p)  # also reports a missing path
-    elif not p.exists():
-        raise MissingFileError("no such file or folder", path=p)
-    else:
-        name = format
+    _check_path(p)  # missing, or a FIFO/device that would block or never end
+    name = detect_format(p) if format is None else format
     loader = get_loader(name)
     opts = _checked_options(loader, p, options)
     try:
         cfg, state_dict = loader.load(p, opts)
-    except SaeHubError:
+    except SaeHubError as e:
+        _named(e, p)
         raise
     except Exception as e:
         raise CorruptFileError(f"loader {name!r} could not read this: {type(e).__name__}: {e}", path=p) from e

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from sae_hub.files import dtype_from_str, dtype_to_str
 if TYPE_CHECKING:
     from sae_hub.config import Provenance
 
-__all__ = ["SAE", "param_shapes"]
+__all__ = ["SAE", "check_floating_weights", "param_shapes"]
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CONFIG_FILENAME = "cfg.json"
@@ -94,7 +95,7 @@ class SAE(nn.Module):
             for name in param_shapes(cfg):
                 params[name] = nn.Parameter(_tensors[name])
             return
-        dt = dtype_from_str(dtype if dtype is not None else cfg.dtype)
+        dt = _compute_dtype(dtype_from_str(dtype if dtype is not None else cfg.dtype), None)
         factory: dict[str, Any] = {"dtype": dt}
         if device is not None:
             factory["device"] = device
@@ -403,7 +404,9 @@ class SAE(nn.Module):
 
         No parameter is ever allocated: the given (e.g. memory-mapped) tensors become the parameters
         directly, and a copy happens only when ``dtype``/``device`` differ from the tensors'. Missing,
-        unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``source`` and the key.
+        unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``source`` and the key, and
+        so do integer, bool or complex ones (see :func:`check_floating_weights`); mixed float dtypes are cast
+        to ``W_enc``'s (or ``dtype``). A dtype nothing can compute in (float8, say) needs ``dtype=`` to cast.
         """
         expected = param_shapes(cfg)
         missing = [k for k in expected if k not in state_dict]
@@ -419,14 +422,21 @@ class SAE(nn.Module):
                 f"(expected {sorted(expected)})", path=source, field=unexpected[0],
             )
         for key, shape in expected.items():
+            if not isinstance(state_dict[key], torch.Tensor):
+                raise ShapeMismatchError(f"{key} is a {type(state_dict[key]).__name__}, not a tensor", path=source,
+                                         field=key)
             if tuple(state_dict[key].shape) != shape:
                 raise ShapeMismatchError(
                     f"tensor {key} has shape {list(state_dict[key].shape)}, the config "
                     f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.d_out}) needs {list(shape)}",
                     path=source, field=key,
                 )
-        target = dtype_from_str(dtype) if dtype is not None else state_dict["W_enc"].dtype
-        if dtype is not None and dtype_from_str(dtype) != state_dict["W_enc"].dtype:
+        check_floating_weights(state_dict, source)
+        try:
+            target = _compute_dtype(dtype_from_str(dtype) if dtype is not None else state_dict["W_enc"].dtype, source)
+        except ConfigError as e:
+            raise ConfigError(e.message, path=source, field=e.field) from None
+        if dtype is not None and target != state_dict["W_enc"].dtype:
             cfg.record(f"cast {dtype_to_str(state_dict['W_enc'].dtype)}->{dtype_to_str(target)}")
         tensors = {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
         cfg.dtype = dtype_to_str(target)
@@ -531,6 +541,35 @@ class SAE(nn.Module):
     @property
     def provenance(self) -> Provenance:
         return self.cfg.provenance
+
+
+# What an SAE computes in: float8 and other storage-only dtypes have no matmul, so they need ``dtype=`` to cast.
+_COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_floating_weights(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike[str] | None) -> None:
+    """Refuse integer, bool and complex weights with a :class:`ShapeMismatchError` naming the tensor.
+
+    Why refuse rather than cast: a float SAE stored with an integer tensor is either corrupt or quantised
+    without its scales, and a cast would silently load numbers that are not the SAE (SAELens casts them);
+    left alone, they fail deep inside torch instead (``nn.Parameter`` of an integer tensor). It is a
+    ShapeMismatchError, the error for "a tensor does not fit the SAE the config describes", rather than a
+    CorruptFileError: the file is well-formed, and in-memory state dicts have no file at all.
+    """
+    for key, t in tensors.items():
+        if isinstance(t, torch.Tensor) and not t.is_floating_point():
+            raise ShapeMismatchError(
+                f"tensor {key} has dtype {dtype_to_str(t.dtype)}; SAE weights must be floating point (integer or "
+                "bool weights are refused rather than cast to float, which would load numbers that are not the SAE)",
+                path=source, field=key,
+            )
+
+
+def _compute_dtype(dt: torch.dtype, source: str | os.PathLike[str] | None) -> torch.dtype:
+    if dt not in _COMPUTE_DTYPES:
+        raise ConfigError(f"an SAE cannot compute in {dtype_to_str(dt)}; pass dtype='float32' (or float16, "
+                          "bfloat16, float64) to cast", path=source, field="dtype")
+    return dt
 
 
 def _has_state(state: _InputState) -> bool:
