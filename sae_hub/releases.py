@@ -26,32 +26,63 @@ A family file (``registry/<family>.yaml``) holds a list of releases::
             l0: "{l0}"
 
 Every string of an SAE entry may use ``{var}`` templates filled from its ``vars``/``expand`` row; numeric
-fields given as templates are converted after filling. The schema is checked when a file is read (unknown
-keys, missing fields, duplicate release names, a format no loader provides) and each release's SAE list when
-it is first expanded (duplicate ids); every error is a :class:`~sae_hub.errors.RegistryError` naming the file
-and the entry.
+fields (and non-string ``config`` overrides) given as templates are converted after filling.
+
+Validation. The per-field schema is declared once, in :mod:`sae_hub.registry_schema` (msgspec; why msgspec
+is said there), which also generates ``registry/schema.json`` for editors. This module adds what a field type
+cannot say: exactly one of ``repo_id``/``local_path``, unique release names, templates that name defined
+variables, well-formed ``"a..b"`` ranges, and a cap on how many SAEs an entry, a release
+(:data:`MAX_SAES_PER_RELEASE`) and a file (:data:`MAX_SAES_PER_FILE`) expand to, computed from the ranges
+before anything is expanded. All of that runs when a file is read; the one check that needs the expansion
+(duplicate SAE ids, and numeric/sha256 templates after filling) runs when a release's SAE list is first used,
+or at once in :func:`add`. The loader named by ``format`` is checked in :func:`get_release` (listing must not
+import the loaders: they import torch). Every error is a :class:`~sae_hub.errors.RegistryError` naming the file
+and the entry path, e.g. ``releases[3].saes[0].l0``.
+
+Parsing is bounded: a file is at most :data:`MAX_FILE_BYTES`, strict UTF-8, one YAML document, nested at most
+:data:`MAX_DEPTH` levels, and at most :data:`MAX_NODES` nodes once aliases are expanded (so "billion laughs"
+alias bombs and deep anchor chains are refused while parsing, in time linear in the file). Duplicate mapping
+keys are refused (YAML would silently keep the last), as are tags other than plain scalars, maps and lists
+(no ``!!python/...``, ``!!binary``, ``!!set``) and recursive aliases. The YAML is read from libyaml's event
+stream (C speed) by a small builder here rather than by PyYAML's composer and constructor, which recurse per
+nesting level and cannot count alias expansion; plain scalars are typed by PyYAML's own resolver and
+constructors, so values mean exactly what ``yaml.safe_load`` makes of them.
+
+Caching. YAML parsing and validation cost ~0.1 s for the shipped files; the validated document is cached as
+JSON (keyed by file path, size, mtime and the validating code's own files), which keeps ``list_releases()`` in
+a fresh process within a few milliseconds and out of msgspec's and PyYAML's import cost. The cache is a pure
+optimisation: unwritable, stale or corrupt cache files are ignored.
 
 User registries extend the shipped one: files named in ``SAE_HUB_REGISTRY`` (paths separated by
-``os.pathsep``; folders mean every ``*.yaml`` inside), :func:`add` (a path, a dict, or ``hf://org/repo/file.yaml``
-fetched through huggingface_hub). A user release that collides with an existing name is an error unless
-``replace=True``.
+``os.pathsep``; folders mean every ``*.yaml`` inside), :func:`add` (a path, a dict, or an ``hf://`` URI such as
+``hf://org/repo/reg.yaml``, ``hf://datasets/org/repo@v1/reg.yaml`` or ``hf://org/repo@refs/pr/1/reg.yaml``,
+parsed by huggingface_hub and fetched through it). A user release that collides with an existing name is an
+error unless ``replace=True``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
+import functools
 import itertools
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sae_hub.errors import RegistryError, UnknownReleaseError, UnknownSAEError
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_NODES",
+    "MAX_SAES_PER_FILE",
+    "MAX_SAES_PER_RELEASE",
     "Release",
     "SAEEntry",
     "add",
@@ -63,13 +94,19 @@ __all__ = [
     "resolve",
 ]
 
-_RELEASE_KEYS = {"name", "model", "repo_id", "local_path", "format", "revision", "hook", "hook_out", "links",
-                 "license", "config", "saes", "description"}
-_SAE_KEYS = {"id", "path", "l0", "neuronpedia", "variance_explained", "norm_scaling_factor", "sha256", "config",
-             "hook", "hook_out", "vars", "expand"}
-_NUMERIC = {"l0": float, "variance_explained": float, "norm_scaling_factor": float}
+# Limits. The shipped table is ~230 KB in 7 files, ~36k YAML nodes, at most 8,784 SAEs per file and 536 per
+# release, nested 8 levels: every limit leaves one to two orders of magnitude of room for real registries while
+# keeping a hostile file to about a second of parsing and a few hundred MB at worst.
+MAX_FILE_BYTES = 8 << 20  # bytes of one registry file
+MAX_NODES = 1_000_000  # YAML nodes of one file, counting every alias as the full node it stands for
+MAX_DEPTH = 32  # nesting levels of one file (the schema needs 8)
+MAX_SAES_PER_RELEASE = 50_000  # SAEs one release (and so one entry) may expand to
+MAX_SAES_PER_FILE = 100_000  # SAEs all releases of one file (or one add() call) may expand to
+
+_NUMERIC = ("l0", "variance_explained", "norm_scaling_factor")
 _TEMPLATE = re.compile(r"\{(\w+)\}")
-_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+_RANGE_LIKE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True)
@@ -86,6 +123,7 @@ class SAEEntry:
     hook: str | None = None
     hook_out: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    origin: str | None = None  # the YAML entry it came from, e.g. "releases[3].saes[0]", for error messages
 
 
 @dataclass
@@ -106,6 +144,7 @@ class Release:
     description: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     raw_saes: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    index: int | None = None  # position in its file's 'releases' list, for error paths
     _saes: dict[str, SAEEntry] | None = field(default=None, repr=False)
     _format_checked: bool = field(default=False, repr=False)
 
@@ -119,6 +158,11 @@ class Release:
     @property
     def location(self) -> str:
         return self.repo_id or self.local_path or "?"
+
+    @property
+    def where(self) -> str:
+        """This release's entry path in its file (``releases[3]``)."""
+        return f"releases[{self.index}]" if self.index is not None else f"releases[{self.name!r}]"
 
 
 class _Table:
@@ -142,8 +186,9 @@ class _Table:
                 raise RegistryError(
                     f"duplicate release name {rel.name!r} (also defined in {old.source}); "
                     "use replace=True to override a release on purpose",
-                    path=rel.source, field=rel.name,
+                    path=rel.source, field=f"{rel.where}.name",
                 )
+        for rel in releases:
             table[rel.name] = rel
 
 
@@ -169,14 +214,211 @@ def _env_files() -> list[Path]:
     return out
 
 
-def _yaml_load(text: str, source: str) -> Any:
+# ---------------------------------------------------------------------------- bounded YAML
+
+
+class _Frame:
+    """An open mapping or sequence while building from the event stream."""
+
+    __slots__ = ("anchor", "height", "is_map", "key", "merges", "start", "value")
+
+    def __init__(self, value: Any, is_map: bool, anchor: str | None, start: int) -> None:
+        self.value = value
+        self.is_map = is_map
+        self.anchor = anchor
+        self.start = start  # node count before this node: its expanded size is the count at its end minus this
+        self.height = 0  # nesting levels below this node
+        self.key: Any = _NO_KEY
+        self.merges: list[dict[Any, Any]] | None = None
+
+
+_NO_KEY = object()  # a mapping frame waiting for its next key
+_MERGE = object()  # the YAML merge key ``<<`` in key position
+_Y = "tag:yaml.org,2002:"
+_SCALAR_TAGS = frozenset(_Y + t for t in ("null", "bool", "int", "float", "str", "timestamp"))
+
+
+def _yaml_load(data: bytes | str, source: str) -> Any:
+    """Parse one registry document with the limits above; every failure is a RegistryError naming ``source``."""
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    if len(data) > MAX_FILE_BYTES:
+        raise RegistryError(f"file is {len(data):,} bytes; a registry file may hold at most {MAX_FILE_BYTES:,}",
+                            path=source)
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise RegistryError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at line {line} (offset {e.start})",
+                                path=source) from None
+    else:
+        text = data
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text.removeprefix("\ufeff"))
     try:
-        return yaml.load(text, Loader=loader)
+        return _build_from_events(loader, yaml, source)
     except yaml.YAMLError as e:
         raise RegistryError(f"not valid YAML: {e}", path=source) from None
+    finally:
+        loader.dispose()
+
+
+def _build_from_events(loader: Any, yaml: Any, source: str) -> Any:
+    """Python objects from libyaml's events, without recursion, counting nodes and depth as aliases expand."""
+    from yaml import events as ev
+
+    constructors = loader.yaml_constructors
+    anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, expanded node count, height)
+    open_anchors: set[str] = set()
+    stack: list[_Frame] = []
+    roots: list[Any] = []
+    nodes = 0
+    documents = 0
+
+    def fail(message: str, event: Any, extra: str | None = None) -> NoReturn:
+        parts = []
+        for f in stack:
+            if not f.is_map:
+                parts.append(f"[{len(f.value)}]")
+            elif f.key is not _NO_KEY and f.key is not _MERGE:
+                parts.append(f".{f.key}")
+        if extra is not None:
+            parts.append(f".{extra}")
+        mark = getattr(event, "start_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RegistryError(message + line, path=source, field="".join(parts).lstrip(".") or None)
+
+    def count(n: int, event: Any) -> None:
+        nonlocal nodes
+        nodes += n
+        if nodes > MAX_NODES:
+            raise_too_many(event)
+
+    def raise_too_many(event: Any) -> NoReturn:
+        fail(f"more than {MAX_NODES:,} YAML nodes once aliases are expanded (an alias bomb?); "
+             "split the file or repeat fewer aliases", event)
+
+    def attach(value: Any, height: int, event: Any) -> None:
+        if not stack:
+            roots.append(value)
+            return
+        top = stack[-1]
+        if height > top.height:
+            top.height = height
+        if not top.is_map:
+            top.value.append(value)
+        elif top.key is _NO_KEY:
+            if isinstance(value, (dict, list)):
+                fail("a mapping key must be a plain scalar, not a mapping or list", event)
+            if value is _MERGE:
+                if top.merges is not None:
+                    fail("more than one merge key '<<' in one mapping", event)
+                top.merges = []
+            else:
+                try:
+                    duplicate = value in top.value
+                except TypeError:
+                    fail(f"unhashable mapping key {value!r}", event)
+                if duplicate:
+                    fail(f"duplicate key {value!r} in one mapping (YAML would keep only the last one)", event,
+                         extra=str(value))
+            top.key = value
+        else:
+            if top.key is _MERGE:
+                sources = value if isinstance(value, list) else [value]
+                if not sources or not all(isinstance(s, dict) for s in sources):
+                    fail("a merge key '<<' takes a mapping or a list of mappings", event)
+                assert top.merges is not None
+                top.merges.extend(sources)
+            else:
+                top.value[top.key] = value
+            top.key = _NO_KEY
+
+    while loader.check_event():
+        event = loader.get_event()
+        kind = type(event)
+        if kind is ev.ScalarEvent:
+            count(1, event)
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag == _Y + "str":
+                value: Any = event.value
+            elif tag == _Y + "merge":
+                in_key = bool(stack) and stack[-1].is_map and stack[-1].key is _NO_KEY
+                value = _MERGE if in_key else event.value
+            elif tag in _SCALAR_TAGS:
+                node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+                try:
+                    value = constructors[tag](loader, node)
+                except Exception as e:  # e.g. an int with more digits than Python converts
+                    fail(f"cannot read {event.value[:40]!r} as {tag.removeprefix(_Y)}: {type(e).__name__}: "
+                         f"{str(e)[:200]}", event)
+            else:
+                fail(f"YAML tag {tag!r} is not allowed in a registry file (plain values, mappings and lists only)",
+                     event)
+            if event.anchor is not None:
+                anchors[event.anchor] = (value, 1, 0)
+            attach(value, 0, event)
+        elif kind is ev.MappingStartEvent or kind is ev.SequenceStartEvent:
+            is_map = kind is ev.MappingStartEvent
+            if event.tag not in (None, "!", _Y + ("map" if is_map else "seq")):
+                fail(f"YAML tag {event.tag!r} is not allowed in a registry file (plain values, mappings and "
+                     "lists only)", event)
+            count(1, event)
+            if len(stack) >= MAX_DEPTH:
+                fail(f"nested more than {MAX_DEPTH} levels deep", event)
+            if event.anchor is not None:
+                open_anchors.add(event.anchor)
+            stack.append(_Frame({} if is_map else [], is_map, event.anchor, nodes - 1))
+        elif kind is ev.MappingEndEvent or kind is ev.SequenceEndEvent:
+            frame = stack.pop()
+            value = frame.value
+            if frame.merges:  # YAML merge: explicit keys win, then earlier merged mappings over later ones
+                merged: dict[Any, Any] = {}
+                for m in reversed(frame.merges):
+                    merged.update(m)
+                merged.update(value)
+                value = merged
+            if frame.anchor is not None:
+                anchors[frame.anchor] = (value, nodes - frame.start, frame.height + 1)
+                open_anchors.discard(frame.anchor)
+            attach(value, frame.height + 1, event)
+        elif kind is ev.AliasEvent:
+            name = event.anchor
+            if name in open_anchors:
+                fail(f"alias *{name} refers to a node that contains it (a recursive structure)", event)
+            if name not in anchors:
+                fail(f"alias *{name} refers to an undefined anchor", event)
+            value, size, height = anchors[name]
+            count(size, event)
+            if len(stack) + height > MAX_DEPTH:
+                fail(f"alias *{name} nests the document more than {MAX_DEPTH} levels deep", event)
+            attach(value, height, event)
+        elif kind is ev.DocumentStartEvent:
+            documents += 1
+            if documents > 1:
+                fail("a registry file holds one YAML document, this one has several", event)
+    return roots[0] if roots else None
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@functools.cache
+def _code_token() -> str:
+    """Changes whenever the code that validates (and so shapes the cached documents) changes."""
+    import zlib
+
+    here = Path(__file__).resolve().parent
+    parts = []
+    for name in ("releases.py", "registry_schema.py", "config.py"):
+        try:
+            st = (here / name).stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return f"{zlib.crc32(';'.join(parts).encode()):08x}"
 
 
 def _cache_dir() -> Path:
@@ -185,165 +427,373 @@ def _cache_dir() -> Path:
     return Path(root) / "registry"
 
 
-def _load_doc(path: Path) -> Any:
-    """Parse a registry YAML file, through a JSON cache keyed by path, size and mtime.
+def _read_file(path: Path, *, source: str | None = None, check_formats: bool = True) -> list[Release]:
+    """Read, validate and build one registry file, through a cache of the validated document.
 
-    YAML parsing costs ~0.7 s per MB even with libyaml; JSON of the same data loads ~80x faster, which keeps
-    listing every release within a few milliseconds in a fresh process. The cache is a pure optimisation:
-    unwritable or corrupt cache files are ignored.
+    The cache (JSON, keyed by path, size, mtime and :func:`_code_token`) holds only documents that passed
+    validation, so a hit skips parsing and validation: listing releases in a fresh process reads a few small
+    JSON files and imports neither PyYAML nor msgspec.
     """
     import json
     import zlib
 
-    st = path.stat()
+    source = source or str(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise RegistryError(f"cannot read registry file: {e.strerror or e}", path=source) from None
     where = zlib.crc32(os.path.abspath(path).encode())
-    cached = _cache_dir() / f"{path.stem}-{where:08x}-{st.st_size}-{st.st_mtime_ns}.json"
-    try:
-        return json.loads(cached.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    doc = _yaml_load(path.read_text(encoding="utf-8"), str(path))
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        os.replace(tmp, cached)
-    except (OSError, TypeError, ValueError):
-        pass
-    return doc
-
-
-def _read_file(path: Path, *, check_formats: bool = True) -> list[Release]:
-    return _parse(_load_doc(path), str(path), base=path.parent, check_formats=check_formats)
+    cached = _cache_dir() / f"{path.stem}-{where:08x}-{st.st_size}-{st.st_mtime_ns}-{_code_token()}.json"
+    releases: list[Release] | None = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # no or a bad cache
+        releases = _build(json.loads(cached.read_bytes()), source, path.parent)
+    if releases is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise RegistryError(f"cannot read registry file: {e.strerror or e}", path=source) from None
+        norm = _validate(_yaml_load(data, source), source)
+        releases = _build(norm, source, path.parent)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(norm, separators=(",", ":")), encoding="utf-8")
+            os.replace(tmp, cached)
+        except (OSError, TypeError, ValueError):
+            pass
+    if check_formats:
+        for rel in releases:
+            _check_format(rel)
+    return releases
 
 
 def _parse(doc: Any, source: str, base: Path | None = None, *, check_formats: bool = True) -> list[Release]:
-    """Validate one family document and build its releases (SAE lists are expanded later, lazily).
+    """Validate one registry document (already parsed, e.g. a dict) and build its releases."""
+    releases = _build(_validate(doc, source), source, base)
+    if check_formats:
+        for rel in releases:
+            _check_format(rel)
+    return releases
 
-    ``check_formats=False`` defers the "is the format a registered loader" check to :func:`get_release`:
-    listing must not import the loaders (they import torch); the shipped files are checked by the test suite.
-    """
-    if not isinstance(doc, dict) or set(doc) - {"releases", "family", "description"} or "releases" not in doc:
-        raise RegistryError("a registry file is a mapping with a 'releases' list", path=source)
-    items = doc["releases"]
-    if not isinstance(items, list):
-        raise RegistryError("'releases' must be a list", path=source, field="releases")
-    out: list[Release] = []
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        where = item.get("name", f"releases[{i}]") if isinstance(item, dict) else f"releases[{i}]"
-        if not isinstance(item, dict):
-            raise RegistryError("a release must be a mapping", path=source, field=str(where))
-        unknown = sorted(set(item) - _RELEASE_KEYS)
+
+def _validate(doc: Any, source: str) -> dict[str, Any]:
+    """The schema (msgspec, strict) then the cross-field rules; returns the normalised document (plain data)."""
+    if not isinstance(doc, Mapping) or "releases" not in doc:
+        got = type(doc).__name__ if not isinstance(doc, Mapping) else f"keys {sorted(map(str, doc))}"
+        raise RegistryError(f"a registry file is a mapping with a 'releases' list (got {got})", path=source)
+    import msgspec
+
+    from sae_hub import registry_schema as schema
+
+    try:
+        parsed = msgspec.convert(doc, schema.File, strict=True)
+    except msgspec.ValidationError as e:
+        raise _schema_error(str(e), doc, source) from None
+    norm: dict[str, Any] = msgspec.to_builtins(parsed)
+    _check(norm, source)
+    return norm
+
+
+_HINTS = {
+    "sha256": "a 64-digit hex string (the sha256 of the weights file) or a {var} template",
+    "norm_scaling_factor": "a finite positive number or a {var} template",
+    "l0": "a finite number >= 0 or a {var} template",
+    "variance_explained": "a finite number or a {var} template",
+    "repo_id": "a Hub repo id 'org/name'",
+    "name": "a non-empty name without whitespace",
+}
+
+
+def _schema_error(text: str, doc: Any, source: str) -> RegistryError:
+    """A RegistryError from a msgspec message, with the entry path, the release name and a plain message."""
+    from sae_hub import registry_schema as schema
+
+    m = re.match(r"^(?P<msg>.*?)(?: - at `(?P<key>key)` in `\$(?P<kpath>[^`]*)`| - at `\$(?P<path>[^`]*)`)?$",
+                 text, re.S)
+    assert m is not None
+    msg, path = m["msg"], (m["path"] if m["path"] is not None else m["kpath"]) or ""
+    parts = re.findall(r"\.(\w+)|\[(\d+|\.\.\.)\]", path)
+    comps: list[str | int] = [name if name else (idx if idx == "..." else int(idx)) for name, idx in parts]
+    # msgspec writes a dict key as [...]: find which one by validating the entries one at a time
+    node: Any = doc
+    for i, c in enumerate(comps):
+        if c == "..." and isinstance(node, Mapping):
+            before = comps[i - 2: i]
+            expected = ({"vars": schema.Vars, "links": schema.Links}.get(str(before[-1])) if before else None)
+            if expected is None and len(before) == 2 and before[0] == "expand":
+                expected = schema.ExpandRow
+            comps[i] = _first_bad_key(node, expected) if expected is not None else "..."
+        if isinstance(node, Mapping):
+            node = node.get(comps[i]) if comps[i] in node else None
+        elif isinstance(node, list) and isinstance(comps[i], int) and comps[i] < len(node):
+            node = node[comps[i]]
+        else:
+            node = None
+    if m["key"]:
+        msg = f"a key: {msg}"
+    unknown = re.match(r"Object contains unknown field `(.*)`$", msg)
+    missing = re.match(r"Object missing required field `(.*)`$", msg)
+    if unknown or missing:
+        key = (unknown or missing)[1]  # type: ignore[index]
+        owner = _owner(comps, schema)
+        comps.append(key)
         if unknown:
-            raise RegistryError(f"release {where!r}: unknown key(s) {unknown}; allowed: {sorted(_RELEASE_KEYS)}",
-                                path=source, field=str(where))
-        for key in ("name", "model", "format", "saes"):
-            if item.get(key) in (None, "", []):
-                raise RegistryError(f"release {where!r}: missing required field {key!r}", path=source,
-                                    field=str(where))
-        if (item.get("repo_id") in (None, "")) == (item.get("local_path") in (None, "")):
-            raise RegistryError(f"release {where!r}: give exactly one of repo_id or local_path", path=source,
-                                field=str(where))
-        name = str(item["name"])
-        if name in seen:
-            raise RegistryError(f"duplicate release name {name!r}", path=source, field=name)
-        seen.add(name)
-        if not isinstance(item["saes"], list):
-            raise RegistryError(f"release {name!r}: 'saes' must be a list", path=source, field=name)
+            allowed = sorted(owner.__struct_fields__) if owner is not None else []
+            msg = f"unknown key {key!r}; allowed: {', '.join(allowed)}"
+        else:
+            msg = f"missing required field {key!r}"
+    elif msg.endswith("got `null`") and comps and isinstance(comps[-1], str):
+        msg = f"missing required field {comps[-1]!r} (it is null)"
+    elif comps and isinstance(comps[-1], str) and comps[-1] in _HINTS:
+        msg = f"{comps[-1]} must be {_HINTS[comps[-1]]}, got {_short(node)}"
+    elif schema.TEMPLATE_PATTERN.replace("\\", "\\\\") in msg and len(comps) >= 2 and comps[-2] == "config":
+        tp = _config_types()[str(comps[-1])][0]
+        msg = f"{comps[-1]} must be {_describe(tp)} or a {{var}} template, got {_short(node)}"
+    field_path = "".join(f"[{c}]" if isinstance(c, int) else f".{c}" for c in comps).lstrip(".")
+    label = ""
+    if len(comps) >= 2 and comps[0] == "releases" and isinstance(comps[1], int):
+        rels = doc.get("releases")
+        item = rels[comps[1]] if isinstance(rels, list) and comps[1] < len(rels) else None
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            label = f"release {item['name']!r}: "
+    return RegistryError(f"{label}{msg}", path=source, field=field_path or None)
+
+
+def _describe(tp: Any) -> str:
+    """Plain words for a config field's type, for error messages."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Annotated:
+        return _describe(args[0])
+    if len(args) < len(typing.get_args(tp)):  # Optional
+        return f"{_describe(args[0])} (or null)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _owner(comps: list[str | int], schema: Any) -> Any:
+    """The declared struct at an entry path (for listing its allowed keys)."""
+    tail = [c for c in comps if not isinstance(c, int)]
+    if not tail:
+        return schema.File
+    return {"releases": schema.Release, "saes": schema.SAE, "config": schema.ConfigOverrides}.get(str(tail[-1]))
+
+
+def _first_bad_key(mapping: Mapping[Any, Any], expected: Any) -> str:
+    import msgspec
+
+    for key, value in mapping.items():
+        try:
+            msgspec.convert({key: value}, expected, strict=True)
+        except msgspec.ValidationError:
+            return str(key)
+    return "..."
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _axes(row: Mapping[str, Any], at: str, source: str) -> list[tuple[str, range | list[Any]]]:
+    """One ``expand`` row as (variable, values) axes; ``"a..b"`` becomes a lazy inclusive range."""
+    axes: list[tuple[str, range | list[Any]]] = []
+    for key, value in row.items():
+        if isinstance(value, str) and (m := _RANGE_LIKE.match(value)):
+            if max(len(m[1].lstrip("-")), len(m[2].lstrip("-"))) > 12:
+                raise RegistryError(f"range {value!r}: bounds of at most 12 digits", path=source, field=f"{at}.{key}")
+            lo, hi = int(m[1]), int(m[2])
+            if lo > hi:
+                raise RegistryError(f"range {value!r} is empty (a..b needs a <= b)", path=source, field=f"{at}.{key}")
+            axes.append((key, range(lo, hi + 1)))
+        elif isinstance(value, list):
+            axes.append((key, value))
+        else:
+            axes.append((key, [value]))
+    return axes
+
+
+def _check(norm: dict[str, Any], source: str) -> None:
+    """Cross-field rules, before anything is expanded: counts come from the ranges' lengths."""
+    seen: dict[str, int] = {}
+    file_total = 0
+    for i, rel in enumerate(norm["releases"]):
+        at = f"releases[{i}]"
+        label = f"release {rel['name']!r}"
+        if ("repo_id" in rel) == ("local_path" in rel):
+            raise RegistryError(f"{label}: give exactly one of repo_id or local_path", path=source, field=at)
+        if rel["name"] in seen:
+            raise RegistryError(f"duplicate release name {rel['name']!r} (also releases[{seen[rel['name']]}])",
+                                path=source, field=f"{at}.name")
+        seen[rel["name"]] = i
+        release_total = 0
+        for j, sae in enumerate(rel["saes"]):
+            sat = f"{at}.saes[{j}]"
+            used = _template_uses(rel, sae, at, sat)
+            names = {name for _, found in used for name in found}
+            base_vars = set(sae.get("vars") or {})
+            entry_total = 0
+            for r, row in enumerate(sae.get("expand") or [{}]):
+                axes = _axes(row, f"{sat}.expand[{r}]", source)
+                entry_total += math.prod(len(values) for _, values in axes)
+                if not names <= base_vars.union(row):
+                    defined = base_vars.union(row)
+                    where, name = next((w, n) for w, found in used for n in found if n not in defined)
+                    have = ", ".join(sorted(defined)) or "none"
+                    raise RegistryError(f"{label}: template variable {name!r} is not defined (defined here: {have})",
+                                        path=source, field=where)
+            if entry_total > MAX_SAES_PER_RELEASE:
+                raise RegistryError(f"{label}: this entry expands to {entry_total:,} SAEs; a release may hold at "
+                                    f"most {MAX_SAES_PER_RELEASE:,}", path=source, field=f"{sat}.expand")
+            release_total += entry_total
+        if release_total > MAX_SAES_PER_RELEASE:
+            raise RegistryError(f"{label}: expands to {release_total:,} SAEs; a release may hold at most "
+                                f"{MAX_SAES_PER_RELEASE:,}", path=source, field=f"{at}.saes")
+        file_total += release_total
+        if file_total > MAX_SAES_PER_FILE:
+            raise RegistryError(f"the releases up to {label} expand to {file_total:,} SAEs; one registry file may "
+                                f"hold at most {MAX_SAES_PER_FILE:,}", path=source, field=at)
+
+
+def _template_uses(rel: Mapping[str, Any], sae: Mapping[str, Any], at: str, sat: str) -> list[tuple[str, list[str]]]:
+    """(entry path, template variable names) of every string an SAE entry fills: its own fields, the release's
+    hooks it inherits, and the release's and its own ``config`` values."""
+    fields: list[tuple[str, Any]] = [(f"{sat}.{k}", sae.get(k)) for k in ("id", "path", "neuronpedia", "sha256",
+                                                                          *_NUMERIC)]
+    for key in ("hook", "hook_out"):
+        fields.append((f"{sat}.{key}", sae[key]) if key in sae else (f"{at}.{key}", rel.get(key)))
+    config = {**{k: (f"{at}.config.{k}", v) for k, v in (rel.get("config") or {}).items()},
+              **{k: (f"{sat}.config.{k}", v) for k, v in (sae.get("config") or {}).items()}}
+    fields.extend(config.values())
+    return [(where, _TEMPLATE.findall(value)) for where, value in fields if isinstance(value, str) and "{" in value]
+
+
+def _build(norm: Mapping[str, Any], source: str, base: Path | None) -> list[Release]:
+    """Release objects from a validated document (fresh or from the cache); validates nothing."""
+    out: list[Release] = []
+    for i, item in enumerate(norm["releases"]):
         local = item.get("local_path")
-        if local is not None and base is not None and not Path(local).expanduser().is_absolute():
-            local = str((base / local).resolve())
-        if check_formats:
-            _check_format(str(item["format"]), name, source)
+        if local is not None:
+            p = Path(local).expanduser()
+            local = str(p if p.is_absolute() or base is None else (base / p).resolve())
         out.append(Release(
-            name=name, model=str(item["model"]), format=str(item["format"]), source=source,
+            name=item["name"], model=item["model"], format=item["format"], source=source,
             repo_id=item.get("repo_id"), local_path=local, revision=item.get("revision"),
             hook=item.get("hook"), hook_out=item.get("hook_out"), links=dict(item.get("links") or {}),
             license=item.get("license"), description=item.get("description"),
-            config=dict(item.get("config") or {}), raw_saes=item["saes"],
+            config=dict(item.get("config") or {}), raw_saes=item["saes"], index=i,
         ))
     return out
 
 
-def _check_format(fmt: str, name: str, source: str) -> None:
+def _check_format(rel: Release) -> None:
     from sae_hub.loading import list_loaders
 
     loaders = list_loaders()
-    if fmt not in loaders:
-        raise RegistryError(f"release {name!r}: format {fmt!r} is not provided by any loader "
-                            f"(known: {', '.join(loaders)})", path=source, field=name)
+    if rel.format not in loaders:
+        raise RegistryError(f"release {rel.name!r}: format {rel.format!r} is not provided by any loader "
+                            f"(known: {', '.join(loaders)})", path=rel.source, field=f"{rel.where}.format")
 
 
-def _rows(expand: Any, where: str, source: str) -> Iterator[dict[str, Any]]:
-    if expand is None:
+# ---------------------------------------------------------------------------- expansion
+
+
+def _rows(expand: list[Mapping[str, Any]] | None, at: str, source: str) -> Iterator[dict[str, Any]]:
+    if not expand:
         yield {}
         return
-    if not isinstance(expand, list) or not all(isinstance(r, dict) for r in expand):
-        raise RegistryError(f"{where}: 'expand' must be a list of mappings", path=source, field=where)
-    for row in expand:
-        axes = []
-        for key, value in row.items():
-            if isinstance(value, str) and (m := _RANGE.match(value)):
-                lo, hi = int(m.group(1)), int(m.group(2))
-                values: list[Any] = list(range(lo, hi + 1))
-            elif isinstance(value, list):
-                values = value
-            else:
-                values = [value]
-            axes.append([(key, v) for v in values])
-        for combo in itertools.product(*axes):
-            yield dict(combo)
+    for r, row in enumerate(expand):
+        axes = _axes(row, f"{at}.expand[{r}]", source)
+        names = [name for name, _ in axes]
+        for combo in itertools.product(*(values for _, values in axes)):
+            yield dict(zip(names, combo, strict=True))
 
 
-def _fill(value: Any, env: Mapping[str, Any], where: str, source: str) -> Any:
+def _fill(value: Any, env: Mapping[str, Any], rel: Release, where: str) -> Any:
     if isinstance(value, str) and "{" in value:
         try:
-            return _TEMPLATE.sub(lambda m: str(env[m.group(1)]), value)
+            out = _TEMPLATE.sub(lambda m: str(env[m.group(1)]), value)
         except KeyError as e:
-            raise RegistryError(f"{where}: template variable {e.args[0]!r} is not defined", path=source,
-                                field=where) from None
-    if isinstance(value, dict):
-        return {k: _fill(v, env, where, source) for k, v in value.items()}
+            raise RegistryError(f"release {rel.name!r}: template variable {e.args[0]!r} is not defined",
+                                path=rel.source, field=where) from None
+        if len(out) > 512:
+            raise RegistryError(f"release {rel.name!r}: {out[:60]!r}... is {len(out):,} characters once filled; "
+                                "at most 512", path=rel.source, field=where)
+        return out
     return value
+
+
+def _number(key: str, value: Any, rel: Release, where: str, sae_id: str) -> float:
+    """A numeric fact after template filling: finite, and >= 0 (l0) or > 0 (norm_scaling_factor)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    ok = math.isfinite(number) and (key != "l0" or number >= 0) and (key != "norm_scaling_factor" or number > 0)
+    if not ok:
+        raise RegistryError(f"release {rel.name!r}, SAE {sae_id!r}: {key} must be {_HINTS[key].split(' or ')[0]}, "
+                            f"got {_short(value)}", path=rel.source, field=where)
+    return number
+
+
+@functools.cache
+def _config_types() -> dict[str, tuple[Any, bool]]:
+    from sae_hub import registry_schema as schema
+
+    return {name: (tp, schema._takes_strings(tp)) for name, tp in schema.config_field_types().items()}
+
+
+def _config_value(key: str, value: Any, env: Mapping[str, Any], rel: Release, where: str) -> Any:
+    """A config override, its template filled and converted to the SAEConfig field's type (validated)."""
+    if not (isinstance(value, str) and "{" in value):
+        return value  # validated by the schema
+    filled = _fill(value, env, rel, where)
+    tp, takes_strings = _config_types()[key]
+    if takes_strings:
+        return filled
+    import msgspec
+
+    try:
+        return msgspec.convert(filled, tp, strict=False)
+    except msgspec.ValidationError as e:
+        raise RegistryError(f"release {rel.name!r}: config {key} = {filled!r} after filling: {e}",
+                            path=rel.source, field=where) from None
 
 
 def _expand_saes(rel: Release) -> dict[str, SAEEntry]:
     out: dict[str, SAEEntry] = {}
-    for i, raw in enumerate(rel.raw_saes):
-        where = f"{rel.name}.saes[{i}]"
-        if not isinstance(raw, dict):
-            raise RegistryError(f"{where}: an SAE entry must be a mapping", path=rel.source, field=where)
-        unknown = sorted(set(raw) - _SAE_KEYS)
-        if unknown:
-            raise RegistryError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_SAE_KEYS)}",
-                                path=rel.source, field=where)
-        if raw.get("id") in (None, ""):
-            raise RegistryError(f"{where}: missing required field 'id'", path=rel.source, field=where)
+    at = rel.where
+    for j, raw in enumerate(rel.raw_saes):
+        sat = f"{at}.saes[{j}]"
         base_vars = raw.get("vars") or {}
-        for row in _rows(raw.get("expand"), where, rel.source):
+        hook = raw.get("hook", rel.hook)
+        hook_at = f"{sat}.hook" if "hook" in raw else f"{at}.hook"
+        hook_out = raw.get("hook_out", rel.hook_out)
+        hook_out_at = f"{sat}.hook_out" if "hook_out" in raw else f"{at}.hook_out"
+        config = {**{k: (v, f"{at}.config.{k}") for k, v in rel.config.items()},
+                  **{k: (v, f"{sat}.config.{k}") for k, v in (raw.get("config") or {}).items()}}
+        for row in _rows(raw.get("expand"), sat, rel.source):
             env = {**base_vars, **row}
-            sae_id = str(_fill(raw["id"], env, where, rel.source))
+            sae_id = str(_fill(raw["id"], env, rel, f"{sat}.id"))
             vals: dict[str, Any] = {}
-            for key in ("path", "neuronpedia", "sha256", "l0", "variance_explained", "norm_scaling_factor"):
-                if key in raw and raw[key] is not None:
-                    vals[key] = _fill(raw[key], env, where, rel.source)
-            for key, kind in _NUMERIC.items():
-                if key in vals:
-                    try:
-                        vals[key] = kind(vals[key])
-                    except (TypeError, ValueError):
-                        raise RegistryError(f"{where}: {key} must be a number, got {vals[key]!r}",
-                                            path=rel.source, field=sae_id) from None
-            hook = _fill(raw.get("hook", rel.hook), env, where, rel.source)
-            hook_out = _fill(raw.get("hook_out", rel.hook_out), env, where, rel.source)
+            for key in ("path", "neuronpedia", "sha256"):
+                if raw.get(key) is not None:
+                    vals[key] = _fill(raw[key], env, rel, f"{sat}.{key}")
+            if "sha256" in vals and not _SHA256.match(vals["sha256"]):
+                raise RegistryError(f"release {rel.name!r}, SAE {sae_id!r}: sha256 must be 64 hex digits, got "
+                                    f"{_short(vals['sha256'])}", path=rel.source, field=f"{sat}.sha256")
+            for key in _NUMERIC:
+                if raw.get(key) is not None:
+                    vals[key] = _number(key, _fill(raw[key], env, rel, f"{sat}.{key}"), rel, f"{sat}.{key}", sae_id)
             if sae_id in out:
                 raise RegistryError(f"release {rel.name!r}: duplicate sae id {sae_id!r}", path=rel.source,
-                                    field=sae_id)
+                                    field=f"{sat}.id")
             out[sae_id] = SAEEntry(
-                id=sae_id, path=str(vals.pop("path", sae_id)), hook=hook, hook_out=hook_out,
-                config={**rel.config, **_fill(raw.get("config") or {}, env, where, rel.source)},
-                **vals,
+                id=sae_id, path=str(vals.pop("path", sae_id)),
+                hook=_fill(hook, env, rel, hook_at), hook_out=_fill(hook_out, env, rel, hook_out_at),
+                config={k: _config_value(k, v, env, rel, where) for k, (v, where) in config.items()},
+                origin=sat, **vals,
             )
     return out
 
@@ -373,7 +823,7 @@ def get_release(name: str) -> Release:
     rel = table.get(name)
     if rel is not None:
         if not rel._format_checked:
-            _check_format(rel.format, rel.name, rel.source)
+            _check_format(rel)
             rel._format_checked = True
         return rel
     by_repo = sorted(r.name for r in table.values() if r.repo_id == name)
@@ -405,20 +855,19 @@ def resolve(release: str, sae_id: str) -> tuple[Release, SAEEntry]:
 
 def add(source: str | os.PathLike[str] | Mapping[str, Any], *, replace: bool = False,
         validate: bool = True) -> list[str]:
-    """Add releases from a YAML file, a dict (same schema), or ``hf://org/repo[@revision]/path.yaml``.
+    """Add releases from a YAML file, a dict (same schema), or an ``hf://`` URI of a YAML file in a Hub repo.
 
-    Returns the names added. With ``validate`` (default) every SAE list is expanded now, so mistakes show up
-    at registration rather than at first use.
+    ``hf://org/repo/path.yaml``, ``hf://org/repo@revision/path.yaml`` (``@refs/pr/1`` included) and
+    ``hf://datasets/org/repo/path.yaml`` are parsed by huggingface_hub's own URI parser. Returns the names
+    added. With ``validate`` (default) every SAE list is expanded now, so mistakes that only show after
+    expansion (duplicate ids, filled numbers) show up at registration rather than at first use.
     """
     if isinstance(source, Mapping):
-        releases = _parse(dict(source), "<dict>")
+        releases = _parse(source, "<dict>")
     else:
-        text = str(source)
+        text = os.fspath(source)
         if text.startswith("hf://"):
-            path = _fetch_hf_yaml(text)
-            releases = _read_file(path)
-            for r in releases:
-                r.source = text
+            releases = _read_file(_fetch_hf_yaml(text), source=text)
         else:
             p = Path(text).expanduser()
             if not p.is_file():
@@ -431,18 +880,49 @@ def add(source: str | os.PathLike[str] | Mapping[str, Any], *, replace: bool = F
     return [r.name for r in releases]
 
 
+def _split_hf_uri(url: str) -> tuple[str, str, str | None, str]:
+    """``(repo_type, repo_id, revision, path_in_repo)`` of an ``hf://`` URI, by huggingface_hub's parser.
+
+    Recent huggingface_hub releases have ``parse_hf_uri`` (pure: no request); older ones only resolve through
+    ``HfFileSystem.resolve_path`` (which also checks the repo and revision exist, one request).
+    """
+    try:
+        from huggingface_hub import parse_hf_uri
+    except ImportError:
+        return _split_hf_uri_fs(url)
+    try:
+        uri = parse_hf_uri(url)
+    except ValueError as e:
+        raise RegistryError(f"not a valid hf:// URI: {e}", path=url) from None
+    if uri.type == "bucket":
+        raise RegistryError("registry files are read from Hub repos (models, datasets, spaces), not buckets",
+                            path=url)
+    return uri.type, uri.id, uri.revision, uri.path_in_repo
+
+
+def _split_hf_uri_fs(url: str) -> tuple[str, str, str | None, str]:
+    """The same as :func:`_split_hf_uri` through ``HfFileSystem`` (huggingface_hub versions before parse_hf_uri)."""
+    from huggingface_hub import HfFileSystem
+
+    try:
+        resolved = HfFileSystem(skip_instance_cache=True).resolve_path(url)
+    except (ValueError, NotImplementedError, OSError) as e:
+        raise RegistryError(f"cannot resolve hf:// URI: {type(e).__name__}: {e}", path=url) from None
+    if not hasattr(resolved, "repo_id"):
+        raise RegistryError("registry files are read from Hub repos, not buckets", path=url)
+    return resolved.repo_type, resolved.repo_id, resolved.revision, resolved.path_in_repo
+
+
 def _fetch_hf_yaml(url: str) -> Path:
-    """``hf://org/repo[@rev]/path/in/repo.yaml`` -> local cached path, via huggingface_hub."""
+    """``hf://[type/]org/repo[@rev]/path/in/repo.yaml`` -> local cached path, via huggingface_hub."""
     from huggingface_hub import hf_hub_download
 
-    rest = url.removeprefix("hf://")
-    parts = rest.split("/")
-    if len(parts) < 3:
-        raise RegistryError("expected hf://org/repo/path/to/registry.yaml", path=url)
-    repo, _, revision = parts[1].partition("@")
-    repo_id = f"{parts[0]}/{repo}"
+    repo_type, repo_id, revision, filename = _split_hf_uri(url)
+    if not filename:
+        raise RegistryError("expected hf://[datasets/]org/repo[@revision]/path/to/registry.yaml: no file named",
+                            path=url)
     try:
-        return Path(hf_hub_download(repo_id, "/".join(parts[2:]), revision=revision or None))
+        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision))
     except Exception as e:
         raise RegistryError(f"could not fetch registry file: {type(e).__name__}: {e}", path=url) from e
 

@@ -16,6 +16,7 @@ import yaml
 
 import sae_hub.loading as loading
 from sae_hub import releases
+from sae_hub.errors import RegistryError
 
 REGISTRY = Path(releases.__file__).resolve().parent.parent / "registry"
 FORMATS = {"saelens", "gemma-scope", "gemma-scope-2", "lm-saes", "dictionary-learning", "qwen-scope", "goodfire"}
@@ -206,3 +207,50 @@ def test_compact_entries_reproduce_plain_ones():
     for layer, width, size in itertools.product(range(34), ("16k", "262k"), ("big", "small")):
         assert f"layer_{layer}_width_{width}_l0_{size}" in ids
     assert len(ids) == 34 * 2 * 2
+
+
+# ------------------------------------------------------------------------------------------ declared schema
+
+
+def test_shipped_json_schema_is_the_generated_one():
+    """registry/schema.json is regenerated from sae_hub.registry_schema (python -m sae_hub.registry_schema)."""
+    from sae_hub import registry_schema
+
+    shipped = (REGISTRY / "schema.json").read_text(encoding="utf-8")
+    regenerate = "python -m sae_hub.registry_schema > registry/schema.json"
+    assert shipped == registry_schema.json_schema_text(), f"stale; regenerate: {regenerate}"
+
+
+def _validator():
+    import json
+
+    import jsonschema
+
+    schema = json.loads((REGISTRY / "schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("family", SAELENS_FILES)
+def test_shipped_files_validate_against_the_json_schema(family: str):
+    """An independent validator (jsonschema) accepts every shipped file as PyYAML reads it."""
+    errors = list(_validator().iter_errors(_load(REGISTRY / f"{family}.yaml")))
+    assert not errors, [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5]]
+
+
+@pytest.mark.parametrize(("sae", "where"), [
+    ({"id": "a", "sha256": 12345}, "sha256"),
+    ({"id": "a", "sha256": "abc"}, "sha256"),
+    ({"id": "a", "norm_scaling_factor": -2}, "norm_scaling_factor"),
+    ({"id": "a", "config": {"k": 0}}, "config"),
+    ({"id": "a", "config": {"not_a_field": 1}}, "config"),
+    ({"id": "a", "vars": "oops"}, "vars"),
+    ({"id": "a", "wat": 1}, ""),
+])
+def test_json_schema_refuses_what_sae_hub_refuses(sae: dict, where: str):
+    doc = {"releases": [{"name": "x", "model": "m", "repo_id": "a/b", "format": "saelens", "saes": [sae]}]}
+    errors = list(_validator().iter_errors(doc))
+    assert errors, "the JSON Schema accepted it"
+    with pytest.raises(RegistryError) as e:
+        releases._parse(doc, "<dict>", check_formats=False)
+    assert e.value.field.startswith(f"releases[0].saes[0].{where}".rstrip("."))

@@ -49,7 +49,7 @@ def test_compact_entry_expands_with_ranges_and_crossed_lists():
     (rel(saes=[{"id": "a"}, {"id": "a"}]), "duplicate sae id 'a'"),
     (rel(saes=[{"id": "l{layer}", "expand": [{"layer": "0..3"}, {"layer": 2}]}]), "duplicate sae id 'l2'"),
     (rel(saes=[{"id": "l{layr}", "expand": [{"layer": 1}]}]), "template variable 'layr'"),
-    (rel(saes=[{"id": "a", "l0": "many"}]), "l0 must be a number"),
+    (rel(saes=[{"id": "a", "l0": "many"}]), "l0 must be a finite number"),
     ({"releases": [rel()["releases"][0], rel()["releases"][0]]}, "duplicate release name"),
     ({"release": []}, "'releases' list"),
 ])
