@@ -117,22 +117,25 @@ def _check_regular(st: os.stat_result, p: Path) -> None:
                            path=p)
 
 
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """Open ``path`` for binary reading if it is a regular file, else raise a typed error naming it.
 
     Why: ``open()`` on a FIFO waits for a writer forever, and a device such as ``/dev/zero`` never ends, so a
     checkpoint folder with one of those where a file belongs would hang or exhaust memory. Symlinks to regular
-    files are followed (the Hugging Face cache is symlinks into ``blobs/``). The path is checked before it is
-    opened (a device is never even opened), and the opened descriptor again (a swap in between cannot slip
-    through); ``O_NONBLOCK`` keeps that open from waiting on a FIFO. Every reader in this module opens files
-    through here; loaders that open files by other routes should too.
+    files are followed (the Hugging Face cache is symlinks into ``blobs/``). The file is opened with
+    ``O_NONBLOCK`` (so a FIFO does not wait for a writer; no effect on regular files) and ``O_NOCTTY``, and the
+    opened descriptor is checked, so nothing swapped in after a check can slip through. One ``fstat`` on the
+    descriptor, not a ``stat`` before the open as well: this is on every load's path. Every reader in this
+    module opens files through here; loaders that open files by other routes should too.
     """
-    p = Path(path)
+    p = path if isinstance(path, Path) else Path(path)
     try:
-        _check_regular(os.stat(p), p)
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(p, flags)
-    except (FileNotFoundError, NotADirectoryError):
+        fd = os.open(p, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise MissingFileError("required file not found", path=p) from None
     except OSError as e:
         raise CorruptFileError(f"cannot open this file: {e.strerror or e}", path=p) from None
@@ -147,13 +150,15 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 def read_config_bytes(path: str | os.PathLike[str], *, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
     """The bytes of a small config file (JSON, YAML), refusing anything over ``max_bytes`` before reading it
     and anything that is not a regular file (see :func:`open_regular`)."""
-    p = Path(path)
+    p = path if isinstance(path, Path) else Path(path)
     with open_regular(p) as f:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
             raise CorruptFileError(f"file too large for a config: {size} bytes (the limit is {max_bytes})", path=p)
-        raw = f.read(max_bytes + 1)
-    if len(raw) > max_bytes:  # it grew while we read
+        raw = f.read(size + 1)  # not read(max_bytes): that allocates max_bytes up front, ~0.1 ms a call
+        if len(raw) > size:  # it grew since the fstat: read on, still within the cap
+            raw += f.read(max_bytes + 1 - len(raw))
+    if len(raw) > max_bytes:
         raise CorruptFileError(f"file too large for a config: over {max_bytes} bytes", path=p)
     return raw
 
@@ -597,34 +602,42 @@ def _parse_header(f: BinaryIO, p: Path) -> SafetensorsHeader:
     return SafetensorsHeader(p, data_start, header, metadata)
 
 
-def _is_uint(value: Any, limit: int) -> bool:
-    return type(value) is int and 0 <= value < limit  # type(...) is int: a JSON true is not a 1
-
-
 def _check_entry(key: str, info: Any, data_len: int, p: Path) -> None:
-    """One tensor entry: its fields' types and ranges, and that its byte range has its shape's size."""
-    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise CorruptFileError("malformed tensor entry: it needs dtype, shape and data_offsets", path=p, field=key)
-    name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(name, str) or name not in _ST_DTYPES:
-        why = (f"dtype {name} is valid safetensors but torch {torch.__version__} cannot hold it"
-               if isinstance(name, str) and name in _SPEC_DTYPES else f"unknown tensor dtype {_short(name)}")
+    """One tensor entry: its fields' types and ranges, and that its byte range has its shape's size.
+
+    Written as plain loops with ``type(x) is int`` (a JSON ``true`` is not a 1): this runs for every tensor
+    of every load, so it is kept to about a microsecond an entry.
+    """
+    try:
+        name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    except (TypeError, KeyError):
+        raise CorruptFileError("malformed tensor entry: it needs dtype, shape and data_offsets", path=p,
+                               field=key) from None
+    dtype = _ST_DTYPES.get(name) if type(name) is str else None
+    if dtype is None or type(info) is not dict:
+        why = ("malformed tensor entry: not a JSON object" if type(info) is not dict
+               else f"dtype {name} is valid safetensors but torch {torch.__version__} cannot hold it"
+               if type(name) is str and name in _SPEC_DTYPES else f"unknown tensor dtype {_short(name)}")
         raise CorruptFileError(why, path=p, field=key)
-    if not isinstance(shape, list) or not all(_is_uint(s, _I64) for s in shape):
-        raise CorruptFileError(f"shape must be a list of non-negative integers below 2**63, got {_short(shape)}",
-                               path=p, field=key)
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o, _U64) for o in offsets)):
-        raise CorruptFileError(f"data_offsets must be two non-negative integers [begin, end], got "
-                               f"{_short(offsets)}", path=p, field=key)
+    if type(shape) is not list:
+        raise CorruptFileError(f"shape must be a list of integers, got {_short(shape)}", path=p, field=key)
     numel = 1
     for s in shape:  # as the crate computes it: any intermediate product past u64 is an error
+        if type(s) is not int or not 0 <= s < _I64:
+            raise CorruptFileError(f"shape must be a list of non-negative integers below 2**63, got {_short(shape)}",
+                                   path=p, field=key)
         numel *= s
         if numel >= _U64:
             raise CorruptFileError(f"shape {_short(shape)} overflows the size of a tensor", path=p, field=key)
-    nbytes = numel * _ST_DTYPES[name].itemsize
+    if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int or type(offsets[1]) is not int:
+        raise CorruptFileError(f"data_offsets must be two integers [begin, end], got {_short(offsets)}", path=p,
+                               field=key)
+    begin, end = offsets
+    if begin < 0 or end >= _U64:
+        raise CorruptFileError(f"data_offsets must lie in [0, 2**64), got {_short(offsets)}", path=p, field=key)
+    nbytes = numel * dtype.itemsize
     if nbytes * 8 >= _U64:
         raise CorruptFileError(f"shape {_short(shape)} overflows the size of a tensor", path=p, field=key)
-    begin, end = offsets
     if end < begin or end - begin != nbytes:
         raise CorruptFileError(f"byte range {begin}..{end} does not fit shape {_short(shape)} of {name} "
                                f"({nbytes} bytes)", path=p, field=key)
@@ -668,8 +681,9 @@ def read_safetensors(
     with open_regular(p) as f:
         header = _parse_header(f, p)
         wanted = header.keys() if keys is None else list(keys)
-        for key in wanted:
-            header._entry(key)
+        if keys is not None:
+            for key in wanted:
+                header._entry(key)
         out: dict[str, torch.Tensor] = {}
         if not wanted:
             return out, dict(header.metadata)
