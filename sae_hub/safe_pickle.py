@@ -1,45 +1,54 @@
-"""Reading torch pickles without running code from them.
+"""Reading torch pickles without running code from them, on torch's own ``weights_only`` unpickler.
 
 Some SAE libraries publish whole pickled modules (``torch.save(model)``: overcomplete, nanoSAE). Loading those
 with ``torch.load(weights_only=False)`` imports and calls whatever the pickle names, so a checkpoint could run
-``os.system``. :func:`safe_load` reads such files with its own :class:`pickle.Unpickler` subclass instead:
+``os.system``. :func:`safe_load` reads them with ``torch.load(weights_only=True)`` instead, which executes no
+opcode outside torch's restricted unpickler (torch >= 2.10: CVE-2025-32434 and CVE-2026-24747 are fixed), and
+adds what torch does not do:
 
-* ``find_class`` is an allow-list. Tensor-rebuild functions and storage types map to local re-implementations,
-  ``collections.OrderedDict`` / ``set`` / ``frozenset`` are themselves, and classes or functions of the
-  known SAE libraries (``overcomplete.sae``, ``psn.sae``, ``nanosae``, ``dictionary_learning``) and of
-  ``torch.nn`` map to inert :class:`Stub` types that only record their qualified name and the pickled state.
-  Every other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``, an unknown module, ...) raises
-  :class:`~sae_hub.errors.UnsafeCheckpointError` naming it, before anything is called.
-* ``BUILD`` (setting attributes) is allowed only on fresh stub instances and ``OrderedDict``s, so a pickle
-  cannot tamper with an allowed function, type tag or tensor for later loads in the same process.
-* ``persistent_load`` rebuilds tensor storages from the archive itself (torch zip format: memory-mapped
-  copy-on-write, no copy; legacy ``_use_new_zipfile_serialization=False`` format: read from the stream).
-  Sizes, strides and offsets are checked against the storage (``Tensor.set_`` does not check them).
+* **Our allow-list first.** Every global the pickle names (``GLOBAL`` and ``STACK_GLOBAL``, found by a
+  ``pickletools`` scan before torch runs anything) must be on :data:`_TORCH_GLOBALS` (tensor rebuilds, storage
+  and dtype tags, ``OrderedDict``, ``set``, ``torch.Size`` ...: resolved by torch itself) or be a stand-in we
+  register for the duration of the load: inert :class:`Stub` types for classes and functions of the known SAE
+  libraries (``overcomplete.sae``, ``psn.sae``, ``nanosae``, ``dictionary_learning``) and of ``torch.nn``
+  (``torch.serialization.safe_globals([(StubType, "overcomplete.sae.topk_sae.TopKSAE"), ...])``). Anything
+  else, including globals torch itself would allow but that allocate unbounded memory from a small argument
+  (``builtins.bytearray``, ``torch.Tensor``, ``torch.UntypedStorage``), raises
+  :class:`~sae_hub.errors.UnsafeCheckpointError` naming it. torch's unpickler restricts ``BUILD`` to tensors,
+  ``OrderedDict`` and registered types, so a pickle cannot tamper with an allowed function or type.
+* **A skeleton pass first** (the equivalent of ``torch.load(map_location="meta")``): torch's unpickler runs on
+  ``data.pkl`` alone with meta storages, which gives the shapes (``skeleton=True``, :func:`peek`) and the size
+  every record must have. Each tensor must lie inside a storage from the archive (``Tensor.set_`` checks
+  nothing) before any byte of data is read.
+* **The archive is checked from its zip directory before anything is inflated**: ``data.pkl`` is capped at
+  :data:`MAX_PICKLE_BYTES`; each ``data/N`` record must be exactly as large as the pickle declares, lie inside
+  the file, and (if deflated) claim no more than deflate can produce. Only when every record is stored is the
+  file memory-mapped (copy-on-write): torch's mmap path slices the file without checking either.
 
-Nothing from the checkpoint's own code runs, and nothing is imported: the real libraries need not be
-installed. Stubs of ``nn.Module`` subclasses keep ``_parameters`` / ``_buffers`` / ``_modules`` in their
-``__dict__``; :func:`module_state_dict` flattens them like ``nn.Module.state_dict``.
+Tensors come back as plain tensors (parameters detached, ``requires_grad`` and hooks dropped). Nothing from the
+checkpoint's own code runs, and nothing is imported: the real libraries need not be installed. Stubs of
+``nn.Module`` subclasses keep ``_parameters`` / ``_buffers`` / ``_modules`` in their ``__dict__``;
+:func:`module_state_dict` flattens them like ``nn.Module.state_dict``.
 
-Pure state dicts can also be read with :func:`load_weights_only` (``torch.load(weights_only=True)``, typed
-errors). NumPy archives must be read with :func:`read_npz` (``allow_pickle=False``), never ``np.load``
-defaults.
+Pure state dicts are read with :func:`load_weights_only` (the same path without stand-ins). NumPy archives must
+be read with :func:`read_npz` (``allow_pickle=False`` semantics plus size checks), never ``np.load`` defaults.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import contextlib
 import io
 import math
-import mmap
 import os
 import pickle
+import pickletools
 import struct
 import tarfile
 import threading
 import zipfile
 import zlib
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -49,6 +58,7 @@ from sae_hub.errors import CorruptFileError, SaeHubError, UnsafeCheckpointError,
 
 __all__ = [
     "LIBRARY_PREFIXES",
+    "MAX_PICKLE_BYTES",
     "Stub",
     "is_stub",
     "load_weights_only",
@@ -65,6 +75,7 @@ LIBRARY_PREFIXES: tuple[str, ...] = ("overcomplete.sae", "psn.sae", "nanosae", "
 _TORCH_STUB_PREFIXES: tuple[str, ...] = ("torch.nn.modules", "torch.nn.functional")
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
 # A torch ``data.pkl`` holds structure only (tensor bytes live in data/N records): a few kB for an SAE, some MB for
 # a whole LLM state dict. Anything larger is refused before it is read (or inflated).
 MAX_PICKLE_BYTES = 64 << 20
@@ -73,24 +84,8 @@ _MAX_DEFLATE_RATIO = 1032
 # module trees: real ones are < 20 deep with < 10k submodule paths; shared submodules multiply paths
 _MAX_MODULE_DEPTH = 128
 _MAX_MODULE_PATHS = 100_000
-_LEGACY_PROTOCOL = 1001
-
-_STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
-    "UntypedStorage": torch.uint8,
-}
-
+# containers nested deeper than this in a checkpoint are refused (the result walk is recursive)
+_MAX_NESTING = 200
 
 # ---------------------------------------------------------------------------------------------- stubs
 
@@ -232,104 +227,6 @@ def module_state_dict(obj: Any, prefix: str = "", *, path: str | os.PathLike[str
     return out
 
 
-# ---------------------------------------------------------------------------------------------- tensors
-
-
-class _StorageType:
-    """What a pickle's ``torch.FloatStorage`` (etc.) global resolves to: a dtype tag, not callable."""
-
-    def __init__(self, name: str, dtype: torch.dtype) -> None:
-        self.name = name
-        self.dtype = dtype
-
-    def __repr__(self) -> str:
-        return f"<storage type {self.name}>"
-
-
-class _TypeTag:
-    """What ``torch.Tensor`` / ``torch.nn.Parameter`` resolve to: a tag for ``_rebuild_from_type_v2``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<type {self.name}>"
-
-
-class _Storage:
-    """A storage rebuilt from the archive (``untyped`` is ``None`` in skeleton mode: shapes only)."""
-
-    def __init__(self, untyped: torch.UntypedStorage | None, dtype: torch.dtype, numel: int) -> None:
-        self.untyped = untyped
-        self.dtype = dtype
-        self.numel = numel
-
-
-def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if isinstance(value, torch.Size):
-        value = tuple(value)
-    if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    ):
-        raise pickle.UnpicklingError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
-    return tuple(value)
-
-
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> torch.Tensor:
-    if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
-    if not isinstance(storage_offset, int) or storage_offset < 0:
-        raise pickle.UnpicklingError(f"bad storage offset {storage_offset!r}")
-    shape = _as_int_tuple(size, "size")
-    strides = _as_int_tuple(stride, "stride")
-    if len(shape) != len(strides):
-        raise pickle.UnpicklingError(f"size {shape} and stride {strides} differ in length")
-    if all(s > 0 for s in shape):
-        extent = storage_offset + sum((s - 1) * st for s, st in zip(shape, strides, strict=True)) + 1
-        if extent > storage.numel:
-            raise pickle.UnpicklingError(
-                f"tensor of size {list(shape)} (offset {storage_offset}, stride {list(strides)}) needs "
-                f"{extent} elements, its storage has {storage.numel}"
-            )
-    if storage.untyped is None:
-        return torch.empty_strided(shape, strides, dtype=storage.dtype, device="meta")
-    t = torch.empty((0,), dtype=storage.dtype)
-    t.set_(storage.untyped, storage_offset, shape, strides)
-    return t
-
-
-def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                       backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
-    # requires_grad, hooks and metadata are deliberately dropped: loaded weights are plain tensors.
-    return _rebuild_tensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> torch.Tensor:
-    if not isinstance(data, torch.Tensor):
-        raise pickle.UnpicklingError(f"parameter rebuilt from {type(data).__name__}, not a tensor")
-    return data
-
-
-def _rebuild_parameter_with_state(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
-                                  state: Any = None) -> torch.Tensor:
-    return _rebuild_parameter(data)
-
-
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> torch.Tensor:
-    if func not in (_rebuild_tensor_v2, _rebuild_tensor, _rebuild_parameter, _rebuild_parameter_with_state):
-        raise pickle.UnpicklingError("_rebuild_from_type_v2 with a function that is not a tensor rebuild")
-    if not isinstance(new_type, _TypeTag) or not isinstance(args, tuple):
-        raise pickle.UnpicklingError("_rebuild_from_type_v2 with an unknown tensor type")
-    return func(*args)
-
-
-def _codecs_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes``: latin-1 only."""
-    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "iso-8859-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
-    return obj.encode("latin1")
-
-
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     """``copyreg._reconstructor`` (protocol 0/1 objects), for stub classes only."""
     if not (isinstance(cls, type) and issubclass(cls, Stub)) or base is not object:
@@ -339,123 +236,406 @@ def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- allow-list
 
-# Audit: nothing here can allocate more memory than the pickle's own bytes from a small argument
-# (``builtins.bytearray`` could: ``bytearray(3 << 30)`` is 33 bytes of pickle; it is not allowed). Tensor storages
-# come only from the archive's own records, checked against the sizes the pickle declares.
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "complex"): complex,
-    ("builtins", "slice"): slice,
-    ("builtins", "object"): object,
-    ("copyreg", "_reconstructor"): _reconstructor,
-    ("_codecs", "encode"): _codecs_encode,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch", "Tensor"): _TypeTag("torch.Tensor"),
-    ("torch._tensor", "Tensor"): _TypeTag("torch.Tensor"),
-    ("torch.nn.parameter", "Parameter"): _TypeTag("torch.nn.Parameter"),
-    ("torch", "Size"): torch.Size,
-    ("torch", "device"): torch.device,
+# Globals torch's weights_only unpickler resolves itself and that we accept. Audit: none of them allocates more
+# than the pickle's own bytes from a small argument. Refused although torch allows them: ``builtins.bytearray``
+# (``bytearray(3 << 30)`` is 33 bytes of pickle), ``torch.Tensor`` / ``torch.FloatTensor``... and
+# ``torch.UntypedStorage`` / ``TypedStorage`` (``torch.Tensor(n)`` allocates n elements), the sparse, quantized,
+# nested and wrapper-subclass rebuilds, ``collections.Counter`` and ``torch.serialization._get_layout``.
+_STORAGE_NAMES = ("DoubleStorage", "FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
+                  "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "ComplexFloatStorage",
+                  "ComplexDoubleStorage")
+_DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+                "complex64", "complex128")
+_TORCH_GLOBALS: frozenset[str] = frozenset({
+    "collections.OrderedDict", "builtins.set", "builtins.complex", "_codecs.encode",
+    "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state", "torch._tensor._rebuild_from_type_v2",
+    "torch.nn.parameter.Parameter", "torch.Size", "torch.device",
+    *(f"torch.{n}" for n in _STORAGE_NAMES), *(f"torch.{n}" for n in _DTYPE_NAMES),
+})
+# Globals torch does not know, registered by us for the load: plain values only.
+_EXTRA_GLOBALS: dict[str, Any] = {
+    "builtins.frozenset": frozenset,
+    "builtins.slice": slice,
+    "builtins.object": object,
+    "copyreg._reconstructor": _reconstructor,
 }
-for _name, _dt in _STORAGE_DTYPES.items():
-    _ALLOWED[("torch", _name)] = _StorageType(_name, _dt)
-    _ALLOWED[("torch.storage", _name)] = _StorageType(_name, _dt)
-for _name in ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
-              "complex64", "complex128", "double", "float", "half", "long", "int", "short"):
-    _ALLOWED[("torch", _name)] = getattr(torch, _name)
+
 
 def _py3_name(module: str, name: str) -> tuple[str, str]:
-    """Python 2 names in protocol 0-2 pickles (``__builtin__``, ``commands``) -> Python 3, like ``fix_imports``."""
+    """Python 2 names in protocol 0-2 pickles (``__builtin__``, ``commands``) -> Python 3, as torch maps them."""
     if (module, name) in _compat_pickle.NAME_MAPPING:
         return _compat_pickle.NAME_MAPPING[(module, name)]
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def _resolve_global(module: str, name: str, path: Path | None) -> Any:
-    module, name = _py3_name(module, name)
-    hit = _ALLOWED.get((module, name))
-    if hit is not None:
-        return hit
-    if any(module == p or module.startswith(p + ".") for p in LIBRARY_PREFIXES + _TORCH_STUB_PREFIXES):
-        return _stub_type(f"{module}.{name}")
+def _stand_in(full: str, path: Path | None, stubs: bool) -> Any | None:
+    """What we register under ``full`` (None: torch resolves it); UnsafeCheckpointError if it is not allowed."""
+    if full in _TORCH_GLOBALS:
+        return None
+    if full in _EXTRA_GLOBALS:
+        return _EXTRA_GLOBALS[full]
+    module = full.rsplit(".", 1)[0]
+    if stubs and any(module == p or module.startswith(p + ".") for p in LIBRARY_PREFIXES + _TORCH_STUB_PREFIXES):
+        return _stub_type(full)
+    allowed = "torch tensor rebuilds, OrderedDict" + (", torch.nn modules and the known SAE libraries" if stubs
+                                                      else " and plain values (a state dict)")
     raise UnsafeCheckpointError(
-        f"refusing to load: the pickle references global {module}.{name}, which is not on the allow-list "
-        "(torch tensor rebuilds, OrderedDict, torch.nn modules and the known SAE libraries); "
-        "nothing from the file was run",
-        path=path,
-        field=f"{module}.{name}",
+        f"refusing to load: the pickle references global {full}, which is not on the allow-list ({allowed}); "
+        "nothing from the file was run", path=path, field=full,
     )
 
 
-class _SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """``find_class`` = allow-list; ``persistent_load`` = a storage loader given by the caller.
+_STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+                         "BINUNICODE8"})
+_NO_PUSH_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "FRAME", "PROTO"})
 
-    The pure-Python unpickler is used (a torch ``data.pkl`` is a few kB: tensor bytes live outside it) so that
-    ``BUILD`` can be restricted too: it may only fill a fresh :class:`Stub` instance, never set attributes on
-    an allowed function, type tag or tensor (which could tamper with later loads in the same process).
+
+def _scan_globals(f: IO[bytes], path: Path | None) -> list[str]:
+    """Every global one pickle names, statically (``pickletools``; the stream is left after its STOP).
+
+    ``STACK_GLOBAL`` (protocol 4+) takes its names from the two strings pushed before it (directly or from the
+    memo); a name computed any other way is refused, since it could not be checked.
     """
-
-    dispatch: ClassVar[dict[int, Callable[..., Any]]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
-
-    def __init__(self, file: IO[bytes], path: Path | None,
-                 load_storage: Callable[[tuple[Any, ...]], _Storage] | None) -> None:
-        super().__init__(file, encoding="utf-8")
-        self._path = path
-        self._load_storage = load_storage
-
-    def find_class(self, module: str, name: str) -> Any:
-        return _resolve_global(str(module), str(name), self._path)
-
-    def persistent_load(self, pid: Any) -> Any:
-        if self._load_storage is None:
-            raise pickle.UnpicklingError("a plain pickle must not contain persistent ids")
-        if not isinstance(pid, tuple) or not pid:
-            raise pickle.UnpicklingError(f"malformed persistent id {pid!r}")
-        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id kind {kind!r}")
-        return self._load_storage(pid[1:])
-
-    def load_build(self) -> None:
-        state = self.stack.pop()
-        inst = self.stack[-1]
-        if isinstance(inst, Stub):
-            inst.__setstate__(state)
-        elif type(inst) is OrderedDict and isinstance(state, dict):
-            # state_dict()'s ``_metadata`` attribute; the OrderedDict was created by this very pickle
-            inst.__dict__.update({str(k): v for k, v in state.items()})
-        else:
-            raise pickle.UnpicklingError(
-                f"BUILD on a {type(inst).__name__} is not allowed (only on library objects and OrderedDicts)"
-            )
-
-    dispatch[pickle.BUILD[0]] = load_build
+    found: list[str] = []
+    memo: dict[int, Any] = {}
+    recent: list[Any] = []  # what each pushing opcode pushed: a str, or None for anything else
+    try:
+        for op, arg, _pos in pickletools.genops(f):
+            name = op.name
+            if name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+                found.append(".".join(_py3_name(module, attr)))
+            elif name == "STACK_GLOBAL":
+                if len(recent) < 2 or not isinstance(recent[-1], str) or not isinstance(recent[-2], str):
+                    raise UnsafeCheckpointError("refusing to load: a STACK_GLOBAL whose name is not a literal "
+                                                "string cannot be checked", path=path, field="STACK_GLOBAL")
+                found.append(f"{recent[-2]}.{recent[-1]}")
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = recent[-1] if recent else None
+            elif name == "MEMOIZE":
+                memo[len(memo)] = recent[-1] if recent else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                recent.append(memo.get(int(arg)))
+            elif name in _STRING_OPS:
+                recent.append(arg if isinstance(arg, str) else None)
+            elif name not in _NO_PUSH_OPS:
+                recent.append(None)
+            del recent[:-2]
+    except SaeHubError:
+        raise
+    except (ValueError, EOFError, struct.error, UnicodeDecodeError) as e:  # pickletools' "not a pickle"
+        raise CorruptFileError(f"cannot read this pickle: {e}", path=path) from None
+    return found
 
 
-def _storage_dtype(storage_type: Any) -> torch.dtype:
-    if isinstance(storage_type, _StorageType):
+_REGISTERED: dict[str, int] = {}
+_REGISTER_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _registered(entries: dict[str, Any]) -> Iterator[None]:
+    """``torch.serialization.safe_globals`` for our stand-ins, reference-counted so that concurrent loads in
+    several threads do not unregister each other's names halfway through (torch keeps one global set)."""
+    from torch import _weights_only_unpickler as wo
+
+    items = [(obj, name) for name, obj in entries.items()]
+    with _REGISTER_LOCK:
+        new = [(o, n) for o, n in items if not _REGISTERED.get(n)]
+        for _, n in items:
+            _REGISTERED[n] = _REGISTERED.get(n, 0) + 1
+        if new:
+            torch.serialization.add_safe_globals(new)
+    try:
+        yield
+    finally:
+        with _REGISTER_LOCK:
+            gone = []
+            for o, n in items:
+                _REGISTERED[n] -= 1
+                if not _REGISTERED[n]:
+                    del _REGISTERED[n]
+                    gone.append((o, n))
+            if gone:
+                wo._remove_safe_globals(gone)
+
+
+def _unpickle(f: IO[bytes], path: Path | None, entries: dict[str, Any], stubs: bool,
+              persistent_load: Callable[[Any], Any] | None) -> Any:
+    """One pickle from ``f`` through torch's weights_only unpickler, after checking its globals; the names it
+    needs registered are added to ``entries`` (the caller registers them again for ``torch.load``)."""
+    from torch import _weights_only_unpickler as wo
+
+    start = f.tell()
+    here: dict[str, Any] = {}
+    for full in _scan_globals(f, path):
+        obj = _stand_in(full, path, stubs)
+        if obj is not None:
+            here[full] = obj
+    entries.update(here)
+    f.seek(start)
+    unpickler = wo.Unpickler(f, encoding="utf-8")
+    if persistent_load is not None:
+        unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+    with _registered(here):
+        try:
+            return unpickler.load()
+        except pickle.UnpicklingError as e:
+            msg = str(e).replace("Can only build", "BUILD (setting attributes) is allowed only on")
+            raise CorruptFileError(f"torch's weights_only unpickler refused this pickle: {msg}", path=path) from None
+
+
+# ---------------------------------------------------------------------------------------------- skeleton
+
+
+class _Skeleton:
+    """The pickle's object graph with meta tensors, the records it uses and the stand-ins it needs."""
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.entries: dict[str, Any] = {}
+        self.declared: dict[str, int] = {}  # record key -> bytes the pickle declares
+        # id -> (meta storage made from a persistent id, the bytes it declares); the storages are resizable so
+        # that an out-of-bounds view resizes it (no memory on meta) and is then reported with its numbers
+        self.storages: dict[int, tuple[torch.UntypedStorage, int]] = {}
+
+
+def _dtype_of(storage_type: Any) -> torch.dtype:
+    if isinstance(storage_type, torch.serialization.StorageType):
         return storage_type.dtype
-    if isinstance(storage_type, torch.dtype):
-        return storage_type
     raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
+
+
+def _meta_storage(sk: _Skeleton, nbytes: int, dtype: torch.dtype) -> torch.storage.TypedStorage:
+    untyped = torch.empty(nbytes, dtype=torch.uint8, device="meta").untyped_storage()
+    sk.storages[id(untyped)] = (untyped, nbytes)
+    return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_tensors(obj: Any, sk: _Skeleton, path: Path) -> None:
+    """Every tensor in the skeleton is a view inside a storage that came from the archive, before any data is
+    read (``Tensor.set_`` does not check sizes, strides or offsets; ``torch.Tensor(n)`` would not be from the
+    archive at all)."""
+
+    def check(t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        if id(st) not in sk.storages or sk.storages[id(st)][0] is not st:
+            raise CorruptFileError("a tensor in this pickle is not backed by a storage record of the archive",
+                                   path=path)
+        if t.numel() == 0:
+            return
+        extent = t.storage_offset() + sum((s - 1) * d for s, d in zip(t.shape, t.stride(), strict=True)) + 1
+        have = sk.storages[id(st)][1] // t.element_size()
+        if min(t.stride(), default=0) < 0 or extent > have:
+            raise CorruptFileError(f"tensor of size {list(t.shape)} (offset {t.storage_offset()}, stride "
+                                   f"{list(t.stride())}) needs {extent} elements, its storage has {have}", path=path)
+
+    _walk(obj, path, check)
+
+
+def _walk(obj: Any, path: Path, on_tensor: Callable[[torch.Tensor], Any]) -> Any:
+    """Rebuild ``obj`` with every tensor replaced by ``on_tensor(t)`` (or kept where that returns None); each
+    object is visited once (shared references stay shared, cycles are fine) and nesting is bounded."""
+    done: dict[int, Any] = {}
+
+    def go(x: Any, depth: int) -> Any:
+        key = id(x)
+        if key in done:
+            return done[key]
+        if depth > _MAX_NESTING:
+            raise CorruptFileError(f"the pickle nests containers deeper than {_MAX_NESTING} levels", path=path)
+        if isinstance(x, torch.Tensor):
+            new = on_tensor(x)
+            done[key] = x if new is None else new
+            for v in list(x.__dict__.values()):  # attributes from _rebuild_from_type_v2
+                go(v, depth + 1)
+            return done[key]
+        if isinstance(x, dict):
+            done[key] = x
+            for k in list(x):
+                go(k, depth + 1)
+                x[k] = go(x[k], depth + 1)
+            if type(x) is not dict:
+                go(x.__dict__, depth + 1)  # an OrderedDict's _metadata
+            return x
+        if isinstance(x, list):
+            done[key] = x
+            for i, v in enumerate(x):
+                x[i] = go(v, depth + 1)
+            return x
+        if isinstance(x, Stub):
+            done[key] = x
+            go(x.__dict__, depth + 1)
+            return x
+        if isinstance(x, (tuple, set, frozenset)):
+            done[key] = x  # a cycle through a tuple keeps the original
+            items = [go(v, depth + 1) for v in x]
+            new = type(x)(items) if not isinstance(x, tuple) or type(x) is tuple else x
+            done[key] = new
+            return new
+        done[key] = x
+        return x
+
+    return go(obj, 0)
+
+
+def _plain(obj: Any, path: Path) -> Any:
+    """Parameters and tensors that require grad become plain tensors (same storage), as a state dict holds."""
+    return _walk(obj, path, lambda t: t.detach() if isinstance(t, torch.nn.Parameter) or t.requires_grad else None)
 
 
 # ---------------------------------------------------------------------------------------------- readers
 
 
-def _zip_member_offset(buf: mmap.mmap | bytes, info: zipfile.ZipInfo) -> int:
-    """Byte offset of a stored (uncompressed) zip member's data in the archive."""
-    start = info.header_offset
-    header = buf[start:start + 30]
-    if len(header) < 30 or header[:4] != b"PK\x03\x04":
-        raise CorruptFileError(f"bad local zip header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return start + 30 + name_len + extra_len
+class _Zip:
+    """A torch zip archive's directory, checked before anything is inflated."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                self.infos = {i.filename: i for i in zf.infolist()}
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CorruptFileError(f"not a readable torch zip archive: {e}", path=path) from None
+        names = list(self.infos)
+        pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1 or any(n.endswith("constants.pkl") for n in names):
+            if any(n.endswith("constants.pkl") for n in names):
+                raise UnsupportedSAEError("this is a TorchScript archive (torch.jit.save); it is not read "
+                                          "because it holds code", path=path)
+            raise CorruptFileError(f"torch zip archive without exactly one data.pkl (found {pkls})", path=path)
+        self.prefix = pkls[0][: -len("data.pkl")]
+        if any(n.startswith(f"{self.prefix}code/") for n in names):
+            raise UnsupportedSAEError("this is a TorchScript archive (torch.jit.save); it is not read "
+                                      "because it holds code", path=path)
+        self.path = path
+        self.size = path.stat().st_size
+
+    def read(self, name: str, nbytes: int | None) -> bytes:
+        info = self.infos.get(self.prefix + name)
+        _check_record(info, name, nbytes, self.path, self.size)
+        with zipfile.ZipFile(self.path) as zf:
+            return zf.read(info)  # type: ignore[arg-type]
+
+
+def _zip_skeleton(path: Path, stubs: bool) -> tuple[_Skeleton, _Zip]:
+    z = _Zip(path)
+    if f"{z.prefix}byteorder" in z.infos and z.read("byteorder", None).strip() not in (b"little", b""):
+        raise UnsupportedSAEError("big-endian torch archives are not supported", path=path)
+    sk = _Skeleton()
+    cache: dict[str, torch.storage.TypedStorage] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        if not isinstance(pid, tuple) or len(pid) != 5:
+            raise pickle.UnpicklingError(f"malformed storage id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        dtype = _dtype_of(storage_type)
+        if not isinstance(key, str) or not _int(numel):
+            raise pickle.UnpicklingError(f"malformed storage id {pid!r}")
+        if key not in cache:  # as torch: the first use of a key decides its storage
+            nbytes = numel * torch._utils._element_size(dtype)
+            sk.declared[key] = nbytes
+            cache[key] = _meta_storage(sk, nbytes, dtype)
+        return cache[key]
+
+    raw = z.read("data.pkl", None)
+    sk.result = _unpickle(io.BytesIO(raw), path, sk.entries, stubs, persistent_load)
+    _check_tensors(sk.result, sk, path)
+    return sk, z
+
+
+def _legacy_skeleton(f: IO[bytes], path: Path, sk: _Skeleton, stubs: bool) -> None:
+    """torch's pre-1.6 stream format: magic (already read), protocol, sys info, the object, storage keys, then
+    each storage as an 8-byte element count and its bytes. What is declared must be what the file holds."""
+    protocol = _unpickle(f, path, sk.entries, stubs, None)
+    if protocol != _LEGACY_PROTOCOL:
+        raise CorruptFileError(f"unknown legacy torch protocol version {protocol!r}", path=path)
+    _unpickle(f, path, sk.entries, stubs, None)  # sys_info
+    roots: dict[str, tuple[torch.storage.TypedStorage, int]] = {}
+    views: dict[str, torch.storage.TypedStorage] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        if not isinstance(pid, tuple) or len(pid) != 6:
+            raise pickle.UnpicklingError(f"malformed legacy storage id {pid!r}")
+        _, storage_type, root_key, _location, numel, view = pid
+        dtype = _dtype_of(storage_type)
+        if not _int(numel):
+            raise pickle.UnpicklingError(f"malformed legacy storage id {pid!r}")
+        root_key = str(root_key)
+        if root_key not in roots:
+            roots[root_key] = (_meta_storage(sk, numel * torch._utils._element_size(dtype), dtype), numel)
+        root, count = roots[root_key]
+        if view is None:
+            return root
+        if not (isinstance(view, tuple) and len(view) == 3 and _int(view[1]) and _int(view[2])
+                and view[1] + view[2] <= count):
+            raise pickle.UnpicklingError(f"malformed legacy storage view {view!r}")
+        if str(view[0]) not in views:  # meta storages cannot be sliced: the view gets its own (shapes only)
+            views[str(view[0])] = _meta_storage(sk, view[2] * torch._utils._element_size(root.dtype), root.dtype)
+        return views[str(view[0])]
+
+    sk.result = _unpickle(f, path, sk.entries, stubs, persistent_load)
+    keys = _unpickle(f, path, sk.entries, stubs, None)
+    if not isinstance(keys, list) or {str(k) for k in keys} != set(roots):
+        raise CorruptFileError("legacy torch file: the storage key list does not match the pickle", path=path)
+    pos, end = f.tell(), os.fstat(f.fileno()).st_size
+    for key in keys:
+        root, count = roots[str(key)]
+        nbytes = count * torch._utils._element_size(root.dtype)
+        if pos + 8 + nbytes > end:
+            raise CorruptFileError(f"legacy storage {key} declares {count} elements, more than the file holds",
+                                   path=path, field=str(key))
+        f.seek(pos)
+        (stored,) = struct.unpack("<q", f.read(8))
+        if stored != count:
+            raise CorruptFileError(f"legacy storage {key}: {stored} elements, expected {count}", path=path,
+                                   field=str(key))
+        pos += 8 + nbytes
+    _check_tensors(sk.result, sk, path)
+
+
+def _skeleton(path: Path, stubs: bool) -> tuple[_Skeleton, _Zip | None, bool]:
+    """(skeleton, zip directory or None, whether torch.load has data to read: False for a plain pickle)."""
+    if not path.is_file():
+        from sae_hub.errors import MissingFileError
+
+        raise MissingFileError("required file not found", path=path)
+    if zipfile.is_zipfile(path):
+        sk, z = _zip_skeleton(path, stubs)
+        return sk, z, True
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        if head == b"PK\x03\x04":
+            raise CorruptFileError("truncated or damaged torch zip archive (no central directory)", path=path)
+        if not head:
+            raise CorruptFileError("empty file", path=path)
+        if _is_tar(path):
+            raise UnsupportedSAEError("the pre-0.4 torch tar checkpoint format is not supported", path=path)
+        sk = _Skeleton()
+        first = _unpickle(f, path, sk.entries, stubs, None)
+        if not (isinstance(first, int) and first == _LEGACY_MAGIC):
+            sk.result = first  # a plain pickle (no tensors can be in it: there is no storage to load)
+            _check_tensors(first, sk, path)
+            return sk, None, False
+        _legacy_skeleton(f, path, sk, stubs)
+        return sk, None, True
+
+
+def _load(path: Path, skeleton: bool, stubs: bool) -> Any:
+    sk, z, has_data = _skeleton(path, stubs)
+    if skeleton or not has_data:
+        return _plain(sk.result, path)
+    mmap = False
+    if z is not None:
+        mmap = all([_check_record(z.infos.get(f"{z.prefix}data/{k}"), f"data/{k}", n, path, z.size)
+                    for k, n in sk.declared.items()])
+    with _registered(sk.entries):
+        result = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    return _plain(result, path)
 
 
 def _check_record(info: zipfile.ZipInfo | None, name: str, nbytes: int | None, path: Path, file_size: int) -> bool:
@@ -489,174 +669,6 @@ def _check_record(info: zipfile.ZipInfo | None, name: str, nbytes: int | None, p
     return False
 
 
-def _load_zip(path: Path, skeleton: bool, declared: dict[str, int] | None = None) -> Any:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CorruptFileError(f"not a readable torch zip archive: {e}", path=path) from None
-    with zf:
-        names = zf.namelist()
-        pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(pkls) != 1:
-            if any(n.endswith("constants.pkl") for n in names):
-                raise UnsupportedSAEError("this is a TorchScript archive (torch.jit.save); it is not read "
-                                          "because it holds code", path=path)
-            raise CorruptFileError(f"torch zip archive without exactly one data.pkl (found {pkls})", path=path)
-        prefix = pkls[0][: -len("data.pkl")]
-        if f"{prefix}code/" in {n[: len(prefix) + 5] for n in names}:
-            raise UnsupportedSAEError("this is a TorchScript archive (torch.jit.save); it is not read "
-                                      "because it holds code", path=path)
-        byteorder = f"{prefix}byteorder"
-        if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
-            raise UnsupportedSAEError("big-endian torch archives are not supported", path=path)
-        infos = {i.filename: i for i in zf.infolist()}
-        file_size = path.stat().st_size
-        buf: mmap.mmap | None = None
-        cache: dict[str, torch.UntypedStorage] = {}
-
-        def load_storage(data: tuple[Any, ...]) -> _Storage:
-            if len(data) != 4:
-                raise pickle.UnpicklingError(f"malformed storage id {data!r}")
-            storage_type, key, _location, numel = data
-            dtype = _storage_dtype(storage_type)
-            key = key.decode("ascii") if isinstance(key, bytes) else key
-            if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-                raise pickle.UnpicklingError(f"malformed storage id {data!r}")
-            nbytes = numel * _itemsize(dtype)
-            if skeleton:
-                if declared is not None:
-                    declared.setdefault(key, nbytes)
-                return _Storage(None, dtype, numel)
-            untyped = cache.get(key)
-            if untyped is None:
-                info = infos.get(f"{prefix}data/{key}")
-                _check_record(info, f"data/{key}", nbytes, path, file_size)
-                assert info is not None
-                untyped = _read_record(zf, info, info.file_size)
-                cache[key] = untyped
-            elif untyped.nbytes() < nbytes:
-                raise CorruptFileError(f"record data/{key} is smaller than a later use of it", path=path)
-            return _Storage(untyped, dtype, untyped.nbytes() // _itemsize(dtype))
-
-        def _read_record(z: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> torch.UntypedStorage:
-            nonlocal buf
-            if nbytes == 0:
-                return torch.UntypedStorage(0)
-            if info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size:
-                if buf is None:
-                    with open(path, "rb") as f:
-                        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-                offset = _zip_member_offset(buf, info)
-                if offset + nbytes > len(buf):
-                    raise CorruptFileError(f"record {info.filename} runs past the end of the file", path=path)
-                if offset % 64 == 0:
-                    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=offset).untyped_storage()
-                data = bytearray(buf[offset:offset + nbytes])
-            else:
-                data = bytearray(z.read(info)[:nbytes])
-            return torch.frombuffer(data, dtype=torch.uint8).untyped_storage()
-
-        _check_record(infos.get(pkls[0]), pkls[0], None, path, file_size)
-        raw = zf.read(pkls[0])
-        return _SafeUnpickler(io.BytesIO(raw), path, load_storage).load()
-
-
-def _load_legacy(f: IO[bytes], path: Path, skeleton: bool) -> Any:
-    """torch's pre-1.6 stream format: magic, protocol, sys info, the object, storage keys, raw storages.
-
-    As torch does, storages are allocated while unpickling and filled from the stream afterwards.
-    """
-    protocol = _SafeUnpickler(f, path, None).load()
-    if protocol != _LEGACY_PROTOCOL:
-        raise CorruptFileError(f"unknown legacy torch protocol version {protocol!r}", path=path)
-    _SafeUnpickler(f, path, None).load()  # sys_info
-    roots: dict[str, _Storage] = {}
-    views: dict[str, _Storage] = {}
-    # every storage's bytes follow the pickles in the file: what is declared must fit in it (else a few bytes of
-    # pickle could allocate terabytes before the data is read)
-    room = [os.fstat(f.fileno()).st_size]
-
-    def load_storage(data: tuple[Any, ...]) -> _Storage:
-        if len(data) != 5:
-            raise pickle.UnpicklingError(f"malformed legacy storage id {data!r}")
-        storage_type, root_key, _location, numel, view_metadata = data
-        dtype = _storage_dtype(storage_type)
-        root_key = str(root_key)
-        if not isinstance(numel, int) or numel < 0:
-            raise pickle.UnpicklingError(f"malformed legacy storage id {data!r}")
-        size = _itemsize(dtype)
-        root = roots.get(root_key)
-        if root is None:
-            room[0] -= 8 + numel * size
-            if room[0] < 0:
-                raise CorruptFileError(f"legacy storage {root_key} declares {numel} elements, more than the file "
-                                       "holds", path=path, field=root_key)
-            untyped = None if skeleton else torch.UntypedStorage(numel * size)
-            root = roots[root_key] = _Storage(untyped, dtype, numel)
-        if view_metadata is None:
-            return root
-        view_key, offset, view_size = view_metadata
-        if not (isinstance(offset, int) and isinstance(view_size, int) and offset >= 0
-                and offset + view_size <= root.numel):
-            raise pickle.UnpicklingError(f"malformed legacy storage view {view_metadata!r}")
-        view = views.get(str(view_key))
-        if view is None:
-            untyped = None if root.untyped is None else root.untyped[offset * size:(offset + view_size) * size]
-            view = views[str(view_key)] = _Storage(untyped, dtype, view_size)
-        return view
-
-    result = _SafeUnpickler(f, path, load_storage).load()
-    keys = _SafeUnpickler(f, path, None).load()
-    if not isinstance(keys, list):
-        raise CorruptFileError("legacy torch file: storage key list missing", path=path)
-    if skeleton:
-        return result
-    for key in keys:
-        st = roots.get(str(key))
-        if st is None or st.untyped is None:
-            raise CorruptFileError(f"legacy torch file: unknown storage key {key!r}", path=path)
-        head = f.read(8)
-        if len(head) < 8:
-            raise CorruptFileError("legacy torch file is truncated", path=path)
-        (count,) = struct.unpack("<q", head)
-        if count != st.numel:
-            raise CorruptFileError(f"legacy storage {key}: {count} elements, expected {st.numel}", path=path)
-        nbytes = count * _itemsize(st.dtype)
-        data = f.read(nbytes)
-        if len(data) < nbytes:
-            raise CorruptFileError("legacy torch file is truncated", path=path)
-        if nbytes:
-            target = torch.empty((0,), dtype=torch.uint8).set_(st.untyped)
-            target.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    return result
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def _load_path(path: Path, skeleton: bool) -> Any:
-    if not path.is_file():
-        from sae_hub.errors import MissingFileError
-
-        raise MissingFileError("required file not found", path=path)
-    if zipfile.is_zipfile(path):
-        return _load_zip(path, skeleton)
-    with open(path, "rb") as f:
-        head = f.read(4)
-        f.seek(0)
-        if head == b"PK\x03\x04":
-            raise CorruptFileError("truncated or damaged torch zip archive (no central directory)", path=path)
-        if not head:
-            raise CorruptFileError("empty file", path=path)
-        if _is_tar(path):
-            raise UnsupportedSAEError("the pre-0.4 torch tar checkpoint format is not supported", path=path)
-        first = _SafeUnpickler(f, path, None).load()
-        if isinstance(first, int) and first == _LEGACY_MAGIC:
-            return _load_legacy(f, path, skeleton)
-        return first
-
-
 def _is_tar(path: Path) -> bool:
     try:
         return tarfile.is_tarfile(path)
@@ -667,16 +679,16 @@ def _is_tar(path: Path) -> bool:
 def safe_load(path: str | os.PathLike[str], *, skeleton: bool = False) -> Any:
     """Unpickle a torch checkpoint (zip, legacy, or a plain pickle) without running code from it.
 
-    Returns plain Python structures, tensors (CPU; zip records are memory-mapped copy-on-write) and
-    :class:`Stub` objects for library classes. ``skeleton=True`` reads only the pickle: tensors come back on
-    the ``meta`` device (shapes and dtypes, no data), which is cheap even for multi-GB files.
+    Returns plain Python structures, tensors (CPU; zip records are memory-mapped copy-on-write when every record
+    is stored) and :class:`Stub` objects for library classes. ``skeleton=True`` reads only the pickle: tensors
+    come back on the ``meta`` device (shapes and dtypes, no data), which is cheap even for multi-GB files.
 
     Raises :class:`UnsafeCheckpointError` (naming ``module.name``) for a global outside the allow-list,
-    :class:`CorruptFileError` for a truncated or malformed file, :class:`UnsupportedSAEError` for TorchScript
-    and tar archives.
+    :class:`CorruptFileError` for a truncated, malformed or lying file, :class:`UnsupportedSAEError` for
+    TorchScript, big-endian and tar archives.
     """
     p = Path(path)
-    return _typed_errors(p, _load_path, p, skeleton)
+    return _typed_errors(p, _load, p, skeleton, True)
 
 
 def _typed_errors(p: Path, fn: Callable[..., Any], *args: Any) -> Any:
@@ -688,9 +700,10 @@ def _typed_errors(p: Path, fn: Callable[..., Any], *args: Any) -> Any:
             raise type(e)(e.message, path=p, field=e.field) from None
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
-            RuntimeError, struct.error, zipfile.BadZipFile, OverflowError, MemoryError, RecursionError,
-            UnicodeDecodeError) as e:
-        raise CorruptFileError(f"cannot unpickle this checkpoint: {type(e).__name__}: {e}", path=p) from None
+            RuntimeError, OSError, struct.error, zipfile.BadZipFile, OverflowError, MemoryError, RecursionError,
+            UnicodeDecodeError, AssertionError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CorruptFileError(f"cannot unpickle this checkpoint: {type(e).__name__}: {first}", path=p) from None
 
 
 _PEEK_CACHE: dict[tuple[str, int, int], Any] = {}
@@ -708,7 +721,6 @@ def peek(path: str | os.PathLike[str]) -> Any:
     return _PEEK_CACHE[key]
 
 
-
 def peek_for_detection(path: str | os.PathLike[str], *, own: bool) -> Any:
     """:func:`peek` for a loader's ``detect``: an unsafe pickle raises only when the file bears this format's
     own name (the user clearly meant it), otherwise the format just does not match (returns None)."""
@@ -719,60 +731,14 @@ def peek_for_detection(path: str | os.PathLike[str], *, own: bool) -> Any:
             raise
         return None
 
-def load_weights_only(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU (memory-mapped for zip files) with typed errors.
 
-    For pure state dicts. A global outside torch's own allow-list raises :class:`UnsafeCheckpointError`.
+def load_weights_only(path: str | os.PathLike[str]) -> Any:
+    """A pure state dict (tensors, containers, numbers, strings): :func:`safe_load` without library stand-ins.
+
+    A class or function from any library raises :class:`UnsafeCheckpointError` naming it.
     """
     p = Path(path)
-    if not p.is_file():
-        from sae_hub.errors import MissingFileError
-
-        raise MissingFileError("required file not found", path=p)
-    is_zip = zipfile.is_zipfile(p)
-    if not is_zip:
-        with open(p, "rb") as f:
-            if f.read(4) == b"PK\x03\x04":
-                raise CorruptFileError("truncated or damaged torch zip archive (no central directory)", path=p)
-    mmap_ok = is_zip and _typed_errors(p, _records_stored_as_declared, p)
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap_ok)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        name = _global_from_message(msg)
-        if name is not None:
-            raise UnsafeCheckpointError(
-                f"refusing to load: the file references global {name}, which torch's weights_only loader does "
-                "not allow; nothing from it was run", path=p, field=name,
-            ) from None
-        detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if msg else repr(e)
-        raise CorruptFileError(f"cannot unpickle this checkpoint: {detail}", path=p) from None
-    except (EOFError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, struct.error) as e:
-        first = str(e).splitlines()[0] if str(e) else repr(e)
-        raise CorruptFileError(f"cannot read this torch checkpoint: {type(e).__name__}: {first}", path=p) from None
-
-
-def _records_stored_as_declared(p: Path) -> bool:
-    """Whether ``torch.load(mmap=True)`` reads this archive faithfully: every record the pickle uses is stored
-    (not deflated) and exactly as large as declared. torch's mmap path slices the file at the record's offset for
-    the declared size without checking either, so a short record yields the neighbouring bytes and a deflated one
-    its compressed bytes. A record of the wrong size raises :class:`CorruptFileError` here; a deflated one
-    returns False (read without mmap, where torch inflates it into a buffer of the declared size)."""
-    declared: dict[str, int] = {}
-    _load_zip(p, skeleton=True, declared=declared)
-    size = p.stat().st_size
-    with zipfile.ZipFile(p) as zf:
-        infos = {i.filename: i for i in zf.infolist()}
-        prefix = next(n for n in infos if n.endswith("data.pkl") and n.count("/") == 1)[: -len("data.pkl")]
-        stored = [_check_record(infos.get(f"{prefix}data/{k}"), f"data/{k}", n, p, size) for k, n in declared.items()]
-    return all(stored)
-
-
-def _global_from_message(msg: str) -> str | None:
-    import re
-
-    m = re.search(r"GLOBAL\s+([\w.]+)", msg)
-    return m.group(1) if m else None
+    return _typed_errors(p, _load, p, False, False)
 
 
 def read_npz(path: str | os.PathLike[str], keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:

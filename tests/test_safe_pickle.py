@@ -416,3 +416,38 @@ def test_read_npz_accepts_trailing_bytes_in_a_member_as_numpy_does(tmp_path):
         z.writestr("w.npy", buf.getvalue() + b"\0" * 8)
     with np.load(path, allow_pickle=False) as want:
         assert torch.equal(read_npz(path)["w"], torch.from_numpy(want["w"]))
+
+
+def test_torch_allowed_allocators_are_refused(tmp_path):
+    """torch's weights_only allows ``torch.Tensor(n)`` / ``bytearray(n)`` (n bytes from a 30-byte pickle); we do not."""
+    for global_name in ("torch Tensor", "__builtin__ bytearray", "torch UntypedStorage", "collections Counter"):
+        module, name = global_name.split()
+        path = tmp_path / "alloc.pkl"
+        path.write_bytes(b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"J\x00\x00\x00\x04\x85R.")
+        with pytest.raises(UnsafeCheckpointError) as err:
+            safe_load(path)
+        assert err.value.field.endswith(name)
+
+
+def test_stand_ins_are_registered_only_during_the_load(tmp_path, monkeypatch):
+    """After a load, torch's own safe-globals set is as before: a user's torch.load still refuses the library."""
+    mod = types.ModuleType("nanosae.models")
+    monkeypatch.setitem(sys.modules, "nanosae", types.ModuleType("nanosae"))
+    monkeypatch.setitem(sys.modules, "nanosae.models", mod)
+
+    class SAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 8)
+
+    SAE.__module__, SAE.__qualname__ = "nanosae.models", "SAE"
+    mod.SAE = SAE
+    path = tmp_path / "sae.pt"
+    torch.save(SAE(), path)
+    before = list(torch.serialization.get_safe_globals())
+    out = safe_load(path)
+    assert qualname_of(out) == "nanosae.models.SAE"
+    assert torch.equal(module_state_dict(out)["encoder.weight"], torch.load(path, weights_only=False).encoder.weight)
+    assert list(torch.serialization.get_safe_globals()) == before
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
