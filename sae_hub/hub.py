@@ -58,6 +58,7 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _GLOB = re.compile(r"[*?\[]")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+_TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".md")  # config/docs: never the weights a registry pins
 _MARKERS = ".sae_hub_verified"  # inside a cached repo folder, beside blobs/ (huggingface_hub's scans ignore it)
 
 
@@ -373,6 +374,8 @@ def _verify_fetched(src: _Source, fetched: list[tuple[str, Path]], *, offline: b
         else:
             sha256, git = _hash_file(blob, git_sha1=kind == "git-sha1")
         actual = sha256 if kind == "sha256" else git
+        if kind == "git-sha1" and actual != expected and _lfs_pointer_oid(sha256, st.st_size) == expected:
+            actual = expected  # an LFS file named by its pointer's git oid: its sha256 is what the pointer says
         if expected and actual != expected:
             gone = _evict(link)
             where = "was removed from the local cache (blob and snapshot link), so the next load downloads it " \
@@ -383,6 +386,14 @@ def _verify_fetched(src: _Source, fetched: list[tuple[str, Path]], *, offline: b
                 field=kind)
         _write_marker(marker, st, sha256, checked)
         _record(src, name, link, sha256)
+
+
+def _lfs_pointer_oid(sha256: str, size: int) -> str:
+    """Git oid of the LFS pointer file of content with this sha256 and size: the ``ETag`` the Hub sends for an
+    LFS file besides ``X-Linked-Etag``. A mirror or proxy that drops the ``X-Linked-*`` headers makes the client
+    name the blob after it, and refusing a correct file there would refuse every LFS file, on every load."""
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
 
 
 def _record(src: _Source, name: str, link: Path, sha256: str) -> None:
@@ -463,13 +474,18 @@ def _verify_pin(src: _Source, target: Path, expected: str) -> None:
 
     For a Hub file the hash is the one :func:`_verify_fetched` already checked or computed (a cached load
     hashes nothing again); a mismatch evicts it like any other bad download. A local release folder is the
-    user's own data: it is hashed, and never deleted.
+    user's own data: it is hashed, and never deleted. Config and text files are never the pinned file: when the
+    weights are absent (offline after a refused download, a repo without them) there is nothing to compare, and
+    the loader says which file is missing, rather than the pin blaming (and evicting) a good ``cfg.json``.
     """
     from sae_hub.files import sha256_file
 
     expected = expected.lower()
     if src.fetched:
-        name, link, actual = max(src.fetched, key=lambda t: t[1].stat().st_size)
+        weights = [t for t in src.fetched if not t[0].lower().endswith(_TEXT_SUFFIXES)]
+        if not weights:
+            return
+        name, link, actual = max(weights, key=lambda t: t[1].stat().st_size)
         if actual == expected:
             return
         gone = _evict(link)
@@ -479,11 +495,14 @@ def _verify_pin(src: _Source, target: Path, expected: str) -> None:
                              f"the file was not used and {where}", path=f"hf://{src.repo_id}@{src.commit}/{name}",
                              field="sha256")
     files = [target] if target.is_file() else [f for f in target.rglob("*") if f.is_file()]
-    weights = max(files, key=lambda f: f.stat().st_size)
-    actual = sha256_file(weights)
+    files = [f for f in files if not f.name.lower().endswith(_TEXT_SUFFIXES)]
+    if not files:
+        return
+    local = max(files, key=lambda f: f.stat().st_size)
+    actual = sha256_file(local)
     if actual != expected:
         raise IntegrityError(f"sha256 {actual} differs from the registry's pin {expected}; the file was not used "
-                             f"(release {src.label})", path=weights, field="sha256")
+                             f"(release {src.label})", path=local, field="sha256")
 
 
 def _apply_registry(cfg: SAEConfig, src: _Source, tensors: Mapping[str, torch.Tensor] | None = None) -> None:

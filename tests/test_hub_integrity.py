@@ -343,3 +343,42 @@ def test_get_config_records_verified_config_hash_and_no_weights_hash(hub, tmp_pa
     hub.add_file("google/gs2-test", "l5/config.json", json.dumps({"model_name": "gemma-3-4b"}).encode())
     with pytest.raises(IntegrityError, match="config.json"):
         SAE.get_config("gs2-test", "l5")
+
+
+def _pointer_oid(data: bytes) -> str:
+    """The git oid of ``data``'s LFS pointer file (the Hub's plain ``ETag`` of an LFS file)."""
+    return git_blob_sha1(f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256(data)}\nsize {len(data)}\n"
+                         .encode())
+
+
+def test_lfs_file_named_by_its_pointer_oid_is_checked_not_refused(hub, hub_cache):
+    """A mirror or proxy that drops ``X-Linked-Etag`` leaves the client the pointer's git oid as the ETag: the right
+    bytes must load (the oid is derived from their sha256), wrong bytes must still be refused."""
+    seed(hub)
+    good = (FIX / "topk" / "sae_weights.safetensors").read_bytes()
+    hub.wrong_etag(WEIGHTS, etag=_pointer_oid(good), method="HEAD")
+    sae = SAE.from_pretrained("test-gpt2-res", "topk")
+    assert_correct_weights(sae)
+    got = {f["name"].rsplit("/", 1)[-1]: f["sha256"] for f in sae.cfg.provenance.source_files}
+    assert got["sae_weights.safetensors"] == sha256(good)
+    hub.wrong_etag(WEIGHTS, etag=_pointer_oid(good), method="HEAD")
+    hub.corrupt(WEIGHTS, times=1)
+    with pytest.raises(IntegrityError, match="git-sha1"):
+        SAE.from_pretrained("test-gpt2-res", "topk", force_download=True)
+    assert cached(hub_cache, WEIGHTS)[0] == []
+
+
+def test_registry_pin_is_not_checked_against_the_config_when_the_weights_are_absent(hub, hub_cache):
+    """Offline after a refused download only cfg.json is cached: the answer is "weights missing", not a pin mismatch
+    blamed on (and evicting) the good cfg.json."""
+    seed(hub)
+    good = sha256((FIX / "topk" / "sae_weights.safetensors").read_bytes())
+    sae_hub.registry.add({"releases": [{"name": "pinned", "model": "gpt2", "repo_id": REPO, "format": "saelens",
+                                        "saes": [{"id": "topk", "path": "blocks.3/topk", "sha256": good}]}]})
+    hub.corrupt(WEIGHTS, times=1)
+    with pytest.raises(IntegrityError, match="sae_weights.safetensors"):
+        SAE.from_pretrained("pinned", "topk")
+    with pytest.raises(MissingFileError, match="sae_weights.safetensors"):
+        SAE.from_pretrained("pinned", "topk", local_files_only=True)
+    assert len(cached(hub_cache, CFG)[0]) == 1  # the good cfg.json stays cached
+    assert_correct_weights(SAE.from_pretrained("pinned", "topk"))
