@@ -77,6 +77,7 @@ class _Source:
     #: Files this load took from the HF cache: (path in the repo, snapshot path, sha256 checked or computed).
     fetched: list[tuple[str, Path, str]] = field(default_factory=list)
     commit: str | None = None
+    repo_type: str | None = None  # None: a model repo (SAEs); "dataset" etc. only for fetch_hub_file
 
     @property
     def label(self) -> str:
@@ -318,7 +319,8 @@ def _remote_hashes(src: _Source, names: list[str]) -> dict[str, tuple[str, str]]
     from huggingface_hub import HfApi
 
     try:
-        infos = HfApi().get_paths_info(src.repo_id, names, revision=src.commit or src.revision)  # type: ignore[arg-type]
+        infos = HfApi().get_paths_info(src.repo_id, names, revision=src.commit or src.revision,  # type: ignore[arg-type]
+                                       repo_type=src.repo_type)
     except Exception as e:
         raise _wrap_hub_error(e, src, names[0], offline=False) from e
     out: dict[str, tuple[str, str]] = {}
@@ -669,6 +671,30 @@ def get_config(release: str, sae_id: str, *, revision: str | None = None, local_
 def _snapshot_root(target: Path, src: _Source) -> Path:
     """The snapshot folder a downloaded ``target`` (``<snapshot>/<src.path>``) lives in."""
     return target.parents[len(Path(src.path).parts) - 1] if src.path not in ("", ".") else target
+
+
+def fetch_hub_file(repo_id: str, filename: str, *, repo_type: str | None = None,
+                   revision: str | None = None) -> Path:
+    """One file that is not part of an SAE (an ``hf://`` registry YAML) through the HF cache, checked like one.
+
+    A bare ``hf_hub_download`` says "cannot find the requested files" both when the Hub did not answer and when
+    nothing is cached offline, and never compares the bytes with the ETag. Here a dead Hub or a persistent 5xx
+    is a :class:`DownloadError` naming the cause, a file or repo the Hub does not have (or offline, not cached)
+    a :class:`MissingFileError`, and bytes that are not what the Hub's hash says an :class:`IntegrityError`
+    (the copy is evicted, so the next call downloads it again).
+    """
+    from huggingface_hub import hf_hub_download
+
+    offline = _offline(None)
+    src = _Source(repo_id=repo_id, local_root=None, path=filename, format=None, revision=revision,
+                  repo_type=repo_type)
+    try:
+        got = Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision))
+    except Exception as e:
+        raise _wrap_hub_error(e, src, filename, offline=offline) from e
+    src.commit = got.parents[len(Path(filename).parts) - 1].name
+    _verify_fetched(src, [(filename, got)], offline=offline)
+    return got
 
 
 _SMALL_TENSOR = 1 << 16  # bytes: tensors up to this size (scalars, norms) are fetched for real

@@ -914,17 +914,23 @@ def _split_hf_uri_fs(url: str) -> tuple[str, str, str | None, str]:
 
 
 def _fetch_hf_yaml(url: str) -> Path:
-    """``hf://[type/]org/repo[@rev]/path/in/repo.yaml`` -> local cached path, via huggingface_hub."""
-    from huggingface_hub import hf_hub_download
+    """``hf://[type/]org/repo[@rev]/path/in/repo.yaml`` -> local cached path, via huggingface_hub.
+
+    Fetched by :func:`sae_hub.hub.fetch_hub_file`, so the bytes are checked against the Hub's hash and a dead Hub
+    is a DownloadError naming its cause (not a RegistryError: the YAML is not at fault); the error keeps its
+    type and names the URL as written.
+    """
+    from sae_hub.errors import SaeHubError
+    from sae_hub.hub import fetch_hub_file
 
     repo_type, repo_id, revision, filename = _split_hf_uri(url)
     if not filename:
         raise RegistryError("expected hf://[datasets/]org/repo[@revision]/path/to/registry.yaml: no file named",
                             path=url)
     try:
-        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision))
-    except Exception as e:
-        raise RegistryError(f"could not fetch registry file: {type(e).__name__}: {e}", path=url) from e
+        return fetch_hub_file(repo_id, filename, repo_type=repo_type, revision=revision)
+    except SaeHubError as e:
+        raise type(e)(f"could not fetch registry file: {e.message}", path=url, field=e.field) from e
 
 
 def reset() -> None:

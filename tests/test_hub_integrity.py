@@ -382,3 +382,31 @@ def test_registry_pin_is_not_checked_against_the_config_when_the_weights_are_abs
         SAE.from_pretrained("pinned", "topk", local_files_only=True)
     assert len(cached(hub_cache, CFG)[0]) == 1  # the good cfg.json stays cached
     assert_correct_weights(SAE.from_pretrained("pinned", "topk"))
+
+
+# ------------------------------------------------------------------- item 4: an hf:// registry YAML fetch
+
+
+def test_hf_registry_yaml_fetch_failures_are_typed_and_name_the_cause(hub, hub_cache, no_backoff_sleep):
+    """``registry.add("hf://...")`` used to turn every failure into a RegistryError ("the YAML is wrong") carrying
+    huggingface_hub's "cannot find the requested files" text, the refused connection or 503 nowhere in it."""
+    url = "hf://lab/registry/registry.yaml"
+    text = b"releases:\n  - {name: hub-rel, model: gpt2, repo_id: lab/saes, format: saelens, saes: [{id: a}]}\n"
+    hub.add_file("lab/registry", "registry.yaml", text)
+    with pytest.raises(MissingFileError, match="could not fetch registry file") as e:
+        sae_hub.registry.add("hf://lab/registry/other.yaml")
+    assert e.value.path == "hf://lab/registry/other.yaml"
+    hub.wrong_etag("registry.yaml", method="HEAD")  # the YAML's bytes are checked like an SAE's
+    with pytest.raises(IntegrityError, match="git-sha1"):
+        sae_hub.registry.add(url)
+    assert [p for p in (hub_cache / "models--lab--registry" / "snapshots").glob("*/registry.yaml") if p.exists()] == []
+    hub.down(503)
+    with pytest.raises(DownloadError, match="503") as e:
+        sae_hub.registry.add(url)
+    assert e.value.path == url and not isinstance(e.value, MissingFileError)
+    hub.clear_faults()
+    assert sae_hub.registry.add(url) == ["hub-rel"]  # recovered: fetched again, checked, parsed
+    hub.stop()
+    with pytest.raises(DownloadError, match="Connect") as e:
+        sae_hub.registry.add("hf://lab/registry/not-cached.yaml")
+    assert e.value.path == "hf://lab/registry/not-cached.yaml"
