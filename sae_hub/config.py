@@ -375,20 +375,23 @@ def _or(value: Any, default: str) -> Any:
 
 
 def _provenance(value: Any, path: str | None) -> Provenance:
-    """``metadata.provenance`` checked for shape before :meth:`Provenance.from_dict` iterates it."""
+    """``metadata.provenance``, its shape checked (a string or number there used to escape from
+    :meth:`Provenance.from_dict` as a bare ``AttributeError``/``TypeError``)."""
     if value is None:
         return Provenance()
-    files = value.get("source_files") if isinstance(value, dict) else None
-    conversions = value.get("conversions") if isinstance(value, dict) else None
-    if (not isinstance(value, dict)
-            or not isinstance(value.get("source_format"), (str, type(None)))
-            or not isinstance(files, (list, type(None))) or not all(isinstance(f, dict) for f in files or [])
-            or not isinstance(conversions, (list, type(None)))
-            or not all(isinstance(c, str) for c in conversions or [])):
+    ok = isinstance(value, dict)
+    fmt, files, conversions = (value.get("source_format"), value.get("source_files"),
+                               value.get("conversions")) if ok else (None, None, None)
+    files = [] if files is None else files
+    conversions = [] if conversions is None else conversions
+    ok = ok and (fmt is None or isinstance(fmt, str)) and isinstance(files, list) and isinstance(conversions, list)
+    if ok:
+        ok = all(isinstance(f, dict) for f in files) and all(isinstance(c, str) for c in conversions)
+    if not ok:
         raise ConfigError("metadata.provenance must be an object with source_format (string), source_files "
                           f"(list of objects) and conversions (list of strings), got {value!r:.200}", path=path,
                           field="provenance")
-    return Provenance.from_dict({**value, "source_files": files or [], "conversions": conversions or []})
+    return Provenance(source_format=fmt, source_files=[dict(f) for f in files], conversions=list(conversions))
 
 
 def _normalise_pre6(d: dict[str, Any], path: str | None = None) -> dict[str, Any]:

@@ -217,6 +217,8 @@ def detect_format(path: str | Path) -> str:
     p = Path(path)
     try:
         st = os.stat(p)
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            _check_path(p)  # raises: a FIFO/device, which detect functions would open
         key: tuple[str, int, int, int] | None = (os.fspath(p), st.st_ino, st.st_mtime_ns, len(_LOADERS))
         if key in _DETECTED:
             return _DETECTED[key]  # type: ignore[index]
@@ -330,8 +332,11 @@ def load_local(
     into a :class:`CorruptFileError` naming the loader and the path.
     """
     p = Path(path)
-    _check_path(p)  # missing, or a FIFO/device that would block or never end
-    name = detect_format(p) if format is None else format
+    if format is None:
+        name = detect_format(p)  # also refuses a missing path, a FIFO or a device
+    else:
+        _check_path(p)  # missing, or a FIFO/device that would block or never end
+        name = format
     loader = get_loader(name)
     opts = _checked_options(loader, p, options)
     try:
