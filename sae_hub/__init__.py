@@ -30,7 +30,7 @@ _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
     "ShapeMismatchError", "UnsupportedSAEError", "UnsafeCheckpointError", "FormatDetectionError",
     "LoaderRegistrationError", "NeuronpediaError", "RegistryError", "UnknownReleaseError", "UnknownSAEError",
-    "DownloadError", "IntegrityError",
+    "DownloadError", "IntegrityError", "IncompatibleSaveError",
 )
 _EXPORTS.update({name: "sae_hub.errors" for name in _ERRORS})
 

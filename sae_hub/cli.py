@@ -201,6 +201,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="loader name (default: autodetect)")
     p.add_argument("--dtype", help="cast the weights (e.g. float32, bfloat16)")
     p.add_argument("--fold-decoder-norm", action="store_true", help="unit-norm decoder rows (exact fold)")
+    p.add_argument("--saelens-compatible", action=argparse.BooleanOptionalAction, default=True,
+                   help="write folders SAELens 6 computes the same from: fold a constant scaling factor, refuse "
+                        "what SAELens cannot compute (default). --no-saelens-compatible writes exactly what "
+                        "was loaded, marked sae-hub-only where SAELens would get it wrong")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, value parsed as JSON when possible (repeatable)")
 
@@ -214,7 +218,8 @@ def _convert(args: argparse.Namespace) -> int:
     from sae_hub.conversion import convert
 
     written = convert(args.src, args.dst, format=args.format, dtype=args.dtype,
-                      fold_decoder_norm=args.fold_decoder_norm, **_parse_options(args.option))
+                      fold_decoder_norm=args.fold_decoder_norm, saelens_compatible=args.saelens_compatible,
+                      **_parse_options(args.option))
     for path in written:
         print(path)
     return 0

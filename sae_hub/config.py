@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -50,9 +51,17 @@ _FROM_SAELENS: dict[str, tuple[str, bool, bool]] = {
     # Not SAELens names; written by sae-hub for variants SAELens cannot hold, so SAELens refuses them loudly.
     "topk_transcoder": ("topk", True, False),
     "topk_skip_transcoder": ("topk", True, True),
+    "gated_transcoder": ("gated", True, False),
+    "gated_skip_transcoder": ("gated", True, True),
 }
 
 SAELENS_SCHEMA_VERSION = "6.0.0"
+
+# A folder saved with ``saelens_compatible=False`` for something SAELens cannot compute: its architecture gets
+# this prefix (an architecture SAELens does not know, so it refuses the folder loudly instead of misreading
+# it) and its metadata a block under this key with the reasons.
+SAE_HUB_ONLY_PREFIX = "sae_hub_only:"
+SAE_HUB_ONLY_KEY = "sae_hub_only"
 
 _METADATA_FIELDS = (
     "model_name",
@@ -222,8 +231,38 @@ class SAEConfig:
 
     # ------------------------------------------------------------------ SAELens 6 cfg.json
 
+    def saelens_incompatibilities(self) -> list[tuple[str, str]]:
+        """``(field, reason)`` for each thing SAELens 6 (checked against 6.54) would compute differently from
+        sae-hub for this config; empty when a saved folder loads in SAELens with the same outputs.
+
+        A constant ``norm_scaling_factor`` is not listed: SAELens has no field that applies one at run time
+        (``expected_average_only_in`` is a no-op in ``load_from_disk``), but
+        :meth:`~sae_hub.SAE.save_pretrained` folds it into the weights exactly, which SAELens then reads right.
+        """
+        out: list[tuple[str, str]] = []
+        if self.normalize_activations == "zscore":
+            out.append(("normalize_activations",
+                        "SAELens 6 has no 'zscore' normalisation (its layer_norm divides by the unbiased std, "
+                        "which is not the same numbers)"))
+        if self.rank_by_decoder_norm:
+            out.append(("rank_by_decoder_norm",
+                        "SAELens topk reports the value it ranks on; this SAE ranks on z*||W_dec_j|| but reports "
+                        "z (fold_W_dec_norm() makes it a plain topk whose features are z*||W_dec_j||)"))
+        if self.is_transcoder or self.has_skip:
+            kind = f"{'skip ' if self.has_skip else ''}transcoder"
+            if self.architecture not in ("relu", "jumprelu"):
+                out.append(("architecture", f"SAELens 6 has no {self.architecture} {kind} (only relu and jumprelu)"))
+            if self.normalize_activations in PER_TOKEN_NORMALIZATIONS:
+                out.append(("normalize_activations",
+                            f"SAELens {kind}s apply {self.normalize_activations} to the input but never undo it "
+                            "on the output"))
+            if self.reshape_activations == "hook_z":
+                out.append(("reshape_activations", f"SAELens {kind}s do not flatten hook_z heads"))
+        return out
+
     def saelens_architecture(self) -> str:
-        """The ``architecture`` string SAELens 6 uses for this SAE."""
+        """The ``architecture`` string SAELens 6 uses for this SAE (for variants SAELens lacks, a name in the
+        same pattern that SAELens does not know, which :meth:`from_dict` reads back)."""
         base = self.architecture
         if self.rank_by_decoder_norm:  # no SAELens equivalent: a name SAELens refuses instead of misreading
             base = "topk_rank_by_decoder_norm"
@@ -232,10 +271,17 @@ class SAEConfig:
             return f"{prefix}{'skip_' if self.has_skip else ''}transcoder"
         return "standard" if base == "relu" else base
 
-    def to_dict(self) -> dict[str, Any]:
-        """SAELens 6 ``cfg.json`` layout: SAELens's fields on top, everything else inside ``metadata``."""
+    def to_dict(self, *, sae_hub_only: Sequence[str] = ()) -> dict[str, Any]:
+        """SAELens 6 ``cfg.json`` layout: SAELens's fields on top, everything else inside ``metadata``.
+
+        ``sae_hub_only`` (reasons) marks a folder SAELens must not read: the architecture gets the prefix
+        ``sae_hub_only:`` (SAELens refuses an unknown architecture before it reads anything else, where a
+        known one with a run-time factor in ``metadata`` would load and compute other features without a word)
+        and ``metadata.sae_hub_only`` says why. :meth:`from_dict` strips the prefix.
+        """
+        arch = self.saelens_architecture()
         out: dict[str, Any] = {
-            "architecture": self.saelens_architecture(),
+            "architecture": f"{SAE_HUB_ONLY_PREFIX}{arch}" if sae_hub_only else arch,
             "d_in": self.d_in,
             "d_sae": self.d_sae,
             "dtype": self.dtype,
@@ -260,6 +306,13 @@ class SAEConfig:
         if self.norm_scaling_factor_out is not None:
             meta["norm_scaling_factor_out"] = self.norm_scaling_factor_out
         meta["provenance"] = self.provenance.to_dict()
+        meta.pop(SAE_HUB_ONLY_KEY, None)  # a marker read from an earlier save describes that save only
+        if sae_hub_only:
+            meta[SAE_HUB_ONLY_KEY] = {
+                "reasons": list(sae_hub_only),
+                "load_with": "sae_hub.SAE.load_from_disk(path)",
+                "note": "saved with saelens_compatible=False: SAELens cannot compute this SAE as sae-hub does",
+            }
         out["metadata"] = meta
         return out
 
@@ -288,7 +341,7 @@ class SAEConfig:
         if not isinstance(d.get("architecture", "standard"), str):
             raise ConfigError(f"architecture must be a string, got {d['architecture']!r}", path=path,
                               field="architecture")
-        arch_name = str(d.get("architecture", "standard"))
+        arch_name = str(d.get("architecture", "standard")).removeprefix(SAE_HUB_ONLY_PREFIX)
         rank_by_norm = arch_name.startswith("topk_rank_by_decoder_norm")
         if rank_by_norm:
             arch_name = "topk" + arch_name.removeprefix("topk_rank_by_decoder_norm")

@@ -17,6 +17,7 @@ __all__ = [
     "CorruptFileError",
     "DownloadError",
     "FormatDetectionError",
+    "IncompatibleSaveError",
     "IntegrityError",
     "LoaderRegistrationError",
     "MissingFileError",
@@ -79,6 +80,11 @@ class UnknownArchitectureError(ConfigError):
 
 class ShapeMismatchError(ConfigError):
     """A tensor's shape or presence disagrees with the config."""
+
+
+class IncompatibleSaveError(ConfigError):
+    """A save was asked to be SAELens-compatible but SAELens cannot compute this SAE as sae-hub does (the
+    message says why; ``saelens_compatible=False`` writes a folder only sae-hub loads)."""
 
 
 class UnsupportedSAEError(SaeHubError, NotImplementedError):

@@ -388,37 +388,75 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` itself. Every save that swaps an entry of ``folder`` holds it for
+    its carry-over and swap, and a carry-over holds it while it lists ``folder`` (and its subfolders), so a
+    listing never races a swap inside it (which could list a folder while its old copy is being deleted and
+    so miss files). Advisory, between sae-hub writers; where there is no ``flock`` (Windows, some network
+    filesystems) it does nothing and concurrent writers get the plain swap's guarantees only.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    for _ in range(100):
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:  # gone or unreadable: nothing to guard
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # pragma: no cover - a filesystem without flock
+                yield
+                return
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(folder))
+            except OSError:
+                same = False
+            if same:  # still the folder at that path (not one swapped out while we waited)
+                yield
+                return
+        finally:
+            os.close(fd)
+    yield  # pragma: no cover - swapped 100 times while we waited: go on unlocked
+
+
 def _carry_over(src: Path, dst: Path, skip: frozenset[str]) -> None:
     """Recreate in ``dst`` everything in ``src`` that the writer does not replace: regular files (and other
     non-folders) as hard links (a copy where the filesystem has none), symlinks as symlinks, subfolders
     recursively. The originals stay where they are until the swap, so no crash can lose them."""
-    try:
-        entries = list(os.scandir(src))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        name = entry.name
-        if name in skip or is_temp_name(name):
-            continue
-        target = dst / name
-        if os.path.lexists(target):  # ours, or carried over by an earlier attempt
-            continue
+    with _folder_lock(src):
         try:
-            if entry.is_symlink():
-                os.symlink(os.readlink(entry.path), target)
-            elif entry.is_dir(follow_symlinks=False):
-                os.mkdir(target)
-                _carry_over(Path(entry.path), target, frozenset())
-                shutil.copystat(entry.path, target, follow_symlinks=False)
-            else:
-                try:
-                    os.link(entry.path, target, follow_symlinks=False)
-                except OSError as e:
-                    if isinstance(e, FileNotFoundError):
-                        raise
-                    shutil.copy2(entry.path, target, follow_symlinks=False)
-        except FileNotFoundError:  # removed meanwhile (e.g. a concurrent writer swapped the folder)
-            continue
+            entries = list(os.scandir(src))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name = entry.name
+            if name in skip or is_temp_name(name):
+                continue
+            target = dst / name
+            if os.path.lexists(target):  # ours, or carried over by an earlier attempt
+                continue
+            try:
+                if entry.is_symlink():
+                    os.symlink(os.readlink(entry.path), target)
+                elif entry.is_dir(follow_symlinks=False):
+                    os.mkdir(target)
+                    _carry_over(Path(entry.path), target, frozenset())
+                    shutil.copystat(entry.path, target, follow_symlinks=False)
+                else:
+                    try:
+                        os.link(entry.path, target, follow_symlinks=False)
+                    except OSError as e:
+                        if isinstance(e, FileNotFoundError):
+                            raise
+                        shutil.copy2(entry.path, target, follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile by something other than a sae-hub save
+                continue
 
 
 @contextlib.contextmanager
@@ -453,23 +491,32 @@ def atomic_folder(path: str | os.PathLike[str], *, replaces: Iterable[str]) -> I
         raise
 
 
-def _swap_into_place(tmp: Path, dst: Path, replaces: frozenset[str], attempts: int = 1000) -> None:
-    for _ in range(attempts):
-        try:
-            st = os.lstat(dst)
-        except FileNotFoundError:
-            if _rename_noreplace(tmp, dst):
-                return
-            continue  # a concurrent writer created it: swap with that one instead
-        if not stat.S_ISDIR(st.st_mode):
-            raise ConfigError("the destination exists and is not a folder", path=str(dst), field="path")
-        _carry_over(dst, tmp, replaces)
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        old = _exchange(tmp, dst)
-        if old is not None:
-            _discard(old)
-            return
-    raise OSError(errno.EBUSY, f"could not swap the new folder into place after {attempts} attempts", str(dst))
+def _swap_into_place(tmp: Path, dst: Path, replaces: frozenset[str], attempts: int = 100) -> None:
+    """Carry over what is not ours and swap, holding the lock on ``dst``'s parent (see :func:`_folder_lock`);
+    deleting the old folder happens after, unlocked."""
+    old = None
+    with _folder_lock(dst.parent):
+        for _ in range(attempts):
+            try:
+                st = os.lstat(dst)
+            except FileNotFoundError:
+                if _rename_noreplace(tmp, dst):
+                    return
+                continue  # a writer without the lock created it meanwhile: swap with that one instead
+            if not stat.S_ISDIR(st.st_mode):
+                raise ConfigError("the destination exists and is not a folder", path=str(dst), field="path")
+            _carry_over(dst, tmp, replaces)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            old = _exchange(tmp, dst)
+            if old is not None:
+                break
+            if not tmp.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "the temp folder of this save vanished (was the folder "
+                                        "around it replaced by a concurrent save?)", str(tmp))
+        else:
+            raise OSError(errno.EBUSY, f"could not swap the new folder into place in {attempts} attempts",
+                          str(dst))
+    _discard(old)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 24) -> str:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sae_hub.config import PER_TOKEN_NORMALIZATIONS, SAEConfig
-from sae_hub.errors import ConfigError, ShapeMismatchError, UnsupportedSAEError
+from sae_hub.errors import ConfigError, IncompatibleSaveError, ShapeMismatchError, UnsupportedSAEError
 from sae_hub.files import dtype_from_str, dtype_to_str
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ __all__ = ["SAE", "check_floating_weights", "param_shapes"]
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CONFIG_FILENAME = "cfg.json"
 SPARSITY_FILENAME = "sparsity.safetensors"
+# What a save writes (and so replaces in an existing folder; anything else there is kept).
+NATIVE_FILENAMES = (CONFIG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
 
 
 def param_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
@@ -364,8 +366,9 @@ class SAE(nn.Module):
         self._scale_param("W_enc", torch.tensor(s_in))
         self._scale_param("W_dec", torch.tensor(1.0 / s_out))
         self._scale_param("b_dec", torch.tensor(1.0 / s_out))
-        if cfg.has_skip:
+        if cfg.has_skip and scaling_factor is not None:  # the skip, too, ran on s_in * x and predicted s_out * y
             self._scale_param("W_skip", torch.tensor(s_in / s_out))
+        # a factor recorded in the config never touched the skip: forward adds x @ W_skip.T on the raw input
         cfg.norm_scaling_factor = None
         cfg.norm_scaling_factor_out = None
         if cfg.normalize_activations == "expected_average_only_in":
@@ -445,42 +448,102 @@ class SAE(nn.Module):
 
     # ------------------------------------------------------------------ disk and hub
 
-    def save_pretrained(self, path: str | os.PathLike[str], *,
-                        sparsity: torch.Tensor | None = None) -> Path:
+    def save_pretrained(self, path: str | os.PathLike[str], *, sparsity: torch.Tensor | None = None,
+                        saelens_compatible: bool = True) -> Path:
         """Write the native format (SAELens 6): ``cfg.json`` + ``sae_weights.safetensors``.
 
-        ``sparsity`` (log10 feature densities ``[d_sae]``) is written as ``sparsity.safetensors``. Files are
-        written to temp names and renamed, so an interrupted save never leaves a half-written checkpoint.
-        """
-        out = self._save_weights(path, sparsity=sparsity)
-        self._save_config(out)
-        return out
+        ``sparsity`` (log10 feature densities ``[d_sae]``) is written as ``sparsity.safetensors``.
 
-    def _save_weights(self, path: str | os.PathLike[str], *, sparsity: torch.Tensor | None = None) -> Path:
-        """The tensor half of :meth:`save_pretrained`; a folder is not loadable until ``cfg.json`` follows
-        (conversion writes the weights while the sources' sha256 for the config is still being computed)."""
+        The folder is written whole under a hidden temp name beside ``path`` and swapped into place, so a
+        crash leaves ``path`` as exactly the old SAE or exactly the new one, and concurrent saves to one
+        ``path`` end with one writer's complete SAE. Files and subfolders in ``path`` that are not ours
+        survive (see :func:`sae_hub.files.atomic_folder`).
+
+        With ``saelens_compatible=True`` (default) SAELens 6 loads the folder and computes the same features
+        and reconstructions: a constant ``norm_scaling_factor`` (which no SAELens field applies at run time)
+        is folded into the saved weights, on a copy (this SAE is not changed) and recorded in the saved
+        provenance; a variant SAELens cannot compute (:meth:`SAEConfig.saelens_incompatibilities`) raises
+        :class:`~sae_hub.errors.IncompatibleSaveError` before anything is written. ``saelens_compatible=False``
+        saves exactly what this SAE holds, factor included; when SAELens would get that wrong the folder is
+        marked sae-hub-only (SAELens refuses it; ``load_from_disk`` here reads it).
+        """
+        from sae_hub.files import atomic_folder
+
+        self._check_sparsity(sparsity)
+        try:
+            target, sae_hub_only = self._prepare_save(saelens_compatible)
+        except IncompatibleSaveError as e:
+            raise IncompatibleSaveError(e.message, path=path, field=e.field) from None
+        with atomic_folder(path, replaces=NATIVE_FILENAMES) as tmp:
+            target._save_weights(tmp, sparsity=sparsity)
+            target._save_config(tmp, sae_hub_only=sae_hub_only)
+        return Path(path)
+
+    def _check_sparsity(self, sparsity: torch.Tensor | None) -> None:
+        if sparsity is not None and tuple(sparsity.shape) != (self.cfg.d_sae,):
+            raise ShapeMismatchError(f"sparsity must have shape [{self.cfg.d_sae}], got {list(sparsity.shape)}",
+                                     field="sparsity")
+
+    def _prepare_save(self, saelens_compatible: bool) -> tuple[SAE, list[str]]:
+        """What to write and, for a sae-hub-only folder, why: ``(sae, reasons)``.
+
+        SAELens-compatible: refuse what SAELens cannot compute, and fold the constant scaling factor into a
+        copy (exact; the copy's provenance records it). Otherwise: this SAE as it is, with the reasons a
+        SAELens load would go wrong (empty when it would not, so the folder stays a plain SAELens folder).
+        """
+        cfg = self.cfg
+        problems = cfg.saelens_incompatibilities()
+        scaled = cfg.norm_scaling_factor is not None or cfg.norm_scaling_factor_out is not None
+        if not saelens_compatible:
+            reasons = [f"{f}: {why}" for f, why in problems]
+            if scaled:
+                reasons.append(f"norm_scaling_factor: inputs are scaled by {cfg.norm_scaling_factor} (outputs "
+                               f"divided by {cfg.norm_scaling_factor_out or cfg.norm_scaling_factor}) at run time; "
+                               "no SAELens field applies a stored factor")
+            return self, reasons
+        if problems:
+            lines = "; ".join(f"{f}: {why}" for f, why in problems)
+            raise IncompatibleSaveError(
+                f"SAELens 6 cannot compute this SAE as sae-hub does ({lines}). Pass saelens_compatible=False to "
+                "write a folder only sae-hub loads (SAELens refuses it)",
+                field=problems[0][0],
+            )
+        if not scaled and not (cfg.has_skip and cfg.apply_b_dec_to_input):
+            return self, []
+        copy = SAE(cfg.replace(), _tensors={k: v.detach().clone() for k, v in self.state_dict().items()})
+        with torch.no_grad():
+            if copy.cfg.has_skip:  # SAELens transcoders cannot subtract b_dec from the input: move it into b_enc
+                copy.fold_input_centering()
+            if scaled:
+                if copy.cfg.rescale_acts_by_decoder_norm:
+                    # the factor would change ||W_dec_j||, hence the reported z*||W_dec_j||: unit-norm rows first
+                    copy.fold_W_dec_norm()
+                if copy.cfg.norm_scaling_factor is None:  # only an output factor: the input one is 1
+                    copy.cfg.norm_scaling_factor = 1.0
+                copy.fold_activation_norm_scaling_factor()
+        return copy, []
+
+    def _save_weights(self, folder: Path, *, sparsity: torch.Tensor | None = None) -> None:
+        """The tensor half of a save, into ``folder`` (a temp folder that :func:`~sae_hub.files.atomic_folder`
+        swaps into place; conversion writes it while the sources' sha256 for the config is still computed)."""
         from sae_hub import __version__
         from sae_hub.files import write_safetensors_atomic
 
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        if sparsity is not None and tuple(sparsity.shape) != (self.cfg.d_sae,):
-            raise ShapeMismatchError(f"sparsity must have shape [{self.cfg.d_sae}]", field="sparsity")
-        write_safetensors_atomic(out / WEIGHTS_FILENAME, dict(self.state_dict()),
+        self._check_sparsity(sparsity)
+        write_safetensors_atomic(folder / WEIGHTS_FILENAME, dict(self.state_dict()),
                                  metadata={"format": "pt", "sae_hub_version": __version__})
         if sparsity is not None:
-            write_safetensors_atomic(out / SPARSITY_FILENAME, {"sparsity": sparsity.float()})
-        return out
+            write_safetensors_atomic(folder / SPARSITY_FILENAME, {"sparsity": sparsity.float()})
 
-    def _save_config(self, out: Path) -> None:
+    def _save_config(self, folder: Path, *, sae_hub_only: list[str] | tuple[str, ...] = ()) -> None:
         from sae_hub import __version__
         from sae_hub.files import write_json_atomic
 
-        cfg = self.cfg.to_dict()
+        cfg = self.cfg.to_dict(sae_hub_only=sae_hub_only)
         cfg["dtype"] = dtype_to_str(self.dtype)
         cfg["device"] = str(self.device)
         cfg["metadata"]["sae_hub_version"] = __version__
-        write_json_atomic(out / CONFIG_FILENAME, cfg)
+        write_json_atomic(folder / CONFIG_FILENAME, cfg)
 
     @classmethod
     def load_from_disk(cls, path: str | os.PathLike[str], *, format: str | None = None,
