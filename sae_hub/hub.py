@@ -280,6 +280,8 @@ def _read_marker(marker: Path, st: os.stat_result) -> dict[str, Any] | None:
         return None
     if not isinstance(data.get("sha256"), str) or not _HEX64.fullmatch(data["sha256"]):
         return None
+    if data.get("checked") is not None and not (isinstance(data["checked"], str) and ":" in data["checked"]):
+        return None
     return data
 
 
@@ -305,11 +307,8 @@ def _evict(link: Path) -> bool:
     parts = _cache_parts(link)
     paths = [link] if parts is None else [link, parts[0], parts[2]]
     for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                p.unlink()
-            except OSError:
-                continue
+        with contextlib.suppress(OSError):  # already gone, or a read-only cache (then the caller says so)
+            p.unlink()
     return not link.exists() and (parts is None or not parts[0].exists())
 
 
@@ -347,7 +346,11 @@ def _verify_fetched(src: _Source, fetched: list[tuple[str, Path]], *, offline: b
         parts = _cache_parts(link)
         if parts is None:
             continue  # not from an HF cache: nothing to check it against, nothing to evict
-        st = parts[0].stat()
+        try:
+            st = parts[0].stat()
+        except OSError as e:  # evicted by another process between the download and now
+            raise MissingFileError(f"the cached file disappeared while loading ({e.strerror}): load again",
+                                   path=f"hf://{src.repo_id}@{src.commit}/{name}") from None
         known = _read_marker(parts[2], st)
         plans.append((name, link, parts, st, known))
         blob_name = parts[0].name if parts[0].parent.name == "blobs" else ""
@@ -368,10 +371,11 @@ def _verify_fetched(src: _Source, fetched: list[tuple[str, Path]], *, offline: b
         else:
             kind, expected, source = "", "", ""
         checked = f"{kind}:{expected}" if expected else None
-        if known is not None and checked is not None and known["checked"] == checked:
-            _record(src, name, link, known["sha256"])  # checked before, and the file has not changed since
+        if known is not None and (known["checked"] == checked or not expected):
+            # checked before (or, with nothing to check against, hashed before) and unchanged since
+            _record(src, name, link, known["sha256"])
             continue
-        if known is not None and kind in ("sha256", ""):
+        if known is not None and kind == "sha256":
             sha256, git = known["sha256"], None  # hashed before, not yet checked against this
         else:
             sha256, git = _hash_file(blob, git_sha1=kind == "git-sha1")
@@ -383,8 +387,9 @@ def _verify_fetched(src: _Source, fetched: list[tuple[str, Path]], *, offline: b
             where = "was removed from the local cache (blob and snapshot link), so the next load downloads it " \
                     "again" if gone else f"could not be removed from the cache: delete {blob}"
             raise IntegrityError(
-                f"{src.repo_id}: {name}: the downloaded bytes have {kind} {actual}, but the Hub says {expected} "
-                f"({source}); the file was not used and {where}", path=f"hf://{src.repo_id}@{src.commit}/{name}",
+                f"{src.repo_id}: {name}: the bytes in the local cache have {kind} {actual}, but the Hub says "
+                f"{expected} ({source}); the file was not used and {where}",
+                path=f"hf://{src.repo_id}@{src.commit}/{name}",
                 field=kind)
         _write_marker(marker, st, sha256, checked)
         _record(src, name, link, sha256)
