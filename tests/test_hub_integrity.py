@@ -144,6 +144,30 @@ def test_etag_that_is_not_a_hash_is_checked_against_the_repo_tree(hub):
         "sae_weights.safetensors"] == sha256(good)
 
 
+def test_unverifiable_offline_is_hashed_once_and_checked_online_without_rehash(hub, monkeypatch):
+    """Offline, a blob whose name is not a hash (mirror ETag) cannot be checked: its sha256 is computed once and
+    recorded. The next online load checks that recorded hash against the repo tree without hashing again."""
+    from huggingface_hub import hf_hub_download
+
+    seed(hub)
+    hf_hub_download(REPO, CFG)
+    hub.wrong_etag(WEIGHTS, etag="mirror-etag", method="HEAD")
+    hf_hub_download(REPO, WEIGHTS)  # cached as blobs/mirror-etag
+    hashed: list[str] = []
+    real = hub_module._hash_file
+    monkeypatch.setattr(hub_module, "_hash_file", lambda p, git_sha1: hashed.append(Path(p).name) or real(p, git_sha1))
+    good = sha256((FIX / "topk" / "sae_weights.safetensors").read_bytes())
+    for _ in range(2):
+        sae = SAE.from_pretrained("test-gpt2-res", "topk", local_files_only=True)
+        assert {f["name"].rsplit("/", 1)[-1]: f["sha256"] for f in sae.cfg.provenance.source_files}[
+            "sae_weights.safetensors"] == good
+    assert hashed.count("mirror-etag") == 1
+    hub.reset_log()
+    hub.wrong_etag(WEIGHTS, etag="mirror-etag", method="HEAD")
+    assert_correct_weights(SAE.from_pretrained("test-gpt2-res", "topk"))
+    assert hashed.count("mirror-etag") == 1 and hub.count("POST", "paths-info") == 1
+
+
 def test_registry_pin_mismatch_names_both_hashes_and_evicts(hub, hub_cache):
     seed(hub)
     pin = "0" * 64
