@@ -373,7 +373,10 @@ class SAEConfig:
                 d_sae=_int(d["d_sae"], "d_sae", path),
                 d_out=d_out if transcoder or has_skip else None,
                 k=d.get("k") if arch == "topk" else None,
-                apply_b_dec_to_input=_flag(d.get("apply_b_dec_to_input", flat), "apply_b_dec_to_input", path),
+                # SAELens 6 defaults the flag to True when the key is absent (its transcoders refuse True), and
+                # pre-6 configs had it True; so absent means True except for transcoders.
+                apply_b_dec_to_input=_flag(d.get("apply_b_dec_to_input", not transcoder), "apply_b_dec_to_input",
+                                           path),
                 rescale_acts_by_decoder_norm=_flag(d.get("rescale_acts_by_decoder_norm"),
                                                    "rescale_acts_by_decoder_norm", path) if arch == "topk" else False,
                 rank_by_decoder_norm=rank_by_norm,
