@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import sae_hub
-from sae_hub.errors import RegistryError, UnknownReleaseError
+from sae_hub import releases
+from sae_hub.errors import MissingFileError, RegistryError, SaeHubError, UnknownReleaseError
 from sae_hub.releases import resolve
 
 
@@ -110,3 +111,59 @@ def test_registry_yaml_stored_in_a_hub_repo(hub):
                  b"releases:\n  - {name: hub-rel, model: gpt2, repo_id: lab/saes, format: saelens, saes: [{id: a}]}\n")
     assert sae_hub.registry.add("hf://lab/registry/registry.yaml") == ["hub-rel"]
     assert sae_hub.registry.get_release("hub-rel").source == "hf://lab/registry/registry.yaml"
+
+
+def _reg(name: str) -> bytes:
+    entry = f"{{name: {name}, model: gpt2, repo_id: lab/saes, format: saelens, saes: [{{id: a}}]}}"
+    return f"releases:\n  - {entry}\n".encode()
+
+
+def test_registry_yaml_in_a_dataset_repo(hub):
+    """hf://datasets/org/repo/file: the type prefix is not part of the repo id (it was read as repo 'datasets/org')."""
+    hub.add_file("lab/registries", "sub/reg.yaml", _reg("from-dataset"), repo_type="dataset")
+    hub.add_file("lab/registries", "sub/reg.yaml", _reg("from-model"))  # a model repo of the same name
+    assert sae_hub.registry.add("hf://datasets/lab/registries/sub/reg.yaml") == ["from-dataset"]
+    assert sae_hub.registry.add("hf://lab/registries/sub/reg.yaml") == ["from-model"]
+    assert sae_hub.registry.get_release("from-dataset").source == "hf://datasets/lab/registries/sub/reg.yaml"
+
+
+def test_registry_yaml_at_a_pull_request_revision(hub):
+    """hf://org/repo@refs/pr/1/file: the revision is refs/pr/1 (it was parsed as revision 'refs', file 'pr/1/...')."""
+    hub.add_file("lab/registry", "registry.yaml", _reg("on-main"))
+    hub.create_branch("lab/registry", "refs/pr/1")
+    hub.add_file("lab/registry", "registry.yaml", _reg("in-pr"), revision="refs/pr/1")
+    hub.create_tag("lab/registry", "v1", revision="main")
+    assert sae_hub.registry.add("hf://lab/registry@refs/pr/1/registry.yaml") == ["in-pr"]
+    assert sae_hub.registry.add("hf://lab/registry@v1/registry.yaml") == ["on-main"]
+    assert hub.find(path_contains="/resolve/refs%2Fpr%2F1/registry.yaml")
+    assert not hub.find(path_contains="/resolve/refs/")
+
+
+@pytest.mark.parametrize(("uri", "want"), [
+    ("hf://datasets/lab/registries/sub/reg.yaml", ("dataset", "lab/registries", None, "sub/reg.yaml")),
+    ("hf://lab/registry@refs/pr/1/registry.yaml", ("model", "lab/registry", "refs/pr/1", "registry.yaml")),
+    ("hf://lab/registry@v1/registry.yaml", ("model", "lab/registry", "v1", "registry.yaml")),
+])
+def test_both_uri_parsers_agree(hub, uri, want):
+    """parse_hf_uri (recent huggingface_hub) and HfFileSystem.resolve_path (older ones) read URIs the same way."""
+    hub.add_file("lab/registries", "sub/reg.yaml", _reg("d"), repo_type="dataset")
+    hub.add_file("lab/registry", "registry.yaml", _reg("m"))
+    hub.create_branch("lab/registry", "refs/pr/1")
+    hub.create_tag("lab/registry", "v1")
+    assert releases._split_hf_uri(uri) == want
+    repo_type, repo_id, revision, path = releases._split_hf_uri_fs(uri)
+    assert (repo_type, repo_id, revision, path) == (want[0], want[1], want[2] or "main", want[3])
+
+
+@pytest.mark.parametrize(("uri", "match"), [
+    ("hf://lab", "not a valid hf:// URI"),
+    ("hf://lab/registry", "no file named"),
+    ("hf://buckets/lab/b/reg.yaml", "not buckets"),
+    ("hf://lab/registry/missing.yaml", "could not fetch registry file"),
+])
+def test_bad_hf_uris(hub, uri, match):
+    hub.add_file("lab/registry", "registry.yaml", _reg("m"))
+    with pytest.raises(SaeHubError, match=match) as e:
+        sae_hub.registry.add(uri)
+    assert e.value.path == uri
+    assert isinstance(e.value, MissingFileError if "missing" in uri else RegistryError)
