@@ -6,24 +6,35 @@ with ``torch.load(weights_only=False)`` imports and calls whatever the pickle na
 opcode outside torch's restricted unpickler (torch >= 2.10: CVE-2025-32434 and CVE-2026-24747 are fixed), and
 adds what torch does not do:
 
-* **Our allow-list first.** Every global the pickle names (``GLOBAL`` and ``STACK_GLOBAL``, found by a
-  ``pickletools`` scan before torch runs anything) must be on :data:`_TORCH_GLOBALS` (tensor rebuilds, storage
-  and dtype tags, ``OrderedDict``, ``set``, ``torch.Size`` ...: resolved by torch itself) or be a stand-in we
-  register for the duration of the load: inert :class:`Stub` types for classes and functions of the known SAE
-  libraries (``overcomplete.sae``, ``psn.sae``, ``nanosae``, ``dictionary_learning``) and of ``torch.nn``
-  (``torch.serialization.safe_globals([(StubType, "overcomplete.sae.topk_sae.TopKSAE"), ...])``). Anything
-  else, including globals torch itself would allow but that allocate unbounded memory from a small argument
-  (``builtins.bytearray``, ``torch.Tensor``, ``torch.UntypedStorage``), raises
+* **Our allow-list first.** Every global the pickle names (``GLOBAL`` and ``STACK_GLOBAL``, found by a static
+  scan of ``data.pkl`` with ``pickletools`` before torch runs anything) must be on :data:`_TORCH_GLOBALS` (tensor
+  rebuilds, storage and dtype tags, ``OrderedDict``, ``set``, ``torch.Size`` ...: resolved by torch itself) or
+  be a stand-in we register for the duration of the load: inert :class:`Stub` types for classes and functions
+  of the known SAE libraries (``overcomplete.sae``, ``psn.sae``, ``nanosae``, ``dictionary_learning``) and of
+  ``torch.nn`` (``torch.serialization.safe_globals([(StubType, "overcomplete.sae.topk_sae.TopKSAE"), ...])``).
+  Anything else, including globals torch itself would allow but that allocate unbounded memory from a small
+  argument (``builtins.bytearray``, ``torch.Tensor``, ``torch.UntypedStorage``), raises
   :class:`~sae_hub.errors.UnsafeCheckpointError` naming it. torch's unpickler restricts ``BUILD`` to tensors,
   ``OrderedDict`` and registered types, so a pickle cannot tamper with an allowed function or type.
-* **A skeleton pass first** (the equivalent of ``torch.load(map_location="meta")``): torch's unpickler runs on
-  ``data.pkl`` alone with meta storages, which gives the shapes (``skeleton=True``, :func:`peek`) and the size
-  every record must have. Each tensor must lie inside a storage from the archive (``Tensor.set_`` checks
-  nothing) before any byte of data is read.
 * **The archive is checked from its zip directory before anything is inflated**: ``data.pkl`` is capped at
-  :data:`MAX_PICKLE_BYTES`; each ``data/N`` record must be exactly as large as the pickle declares, lie inside
-  the file, and (if deflated) claim no more than deflate can produce. Only when every record is stored is the
-  file memory-mapped (copy-on-write): torch's mmap path slices the file without checking either.
+  :data:`MAX_PICKLE_BYTES`; each ``data/N`` record must be exactly as large as the pickle declares (the same
+  scan reads the literal ``('storage', torch.FloatStorage, key, location, numel)`` ids torch.save writes; any
+  other id is refused), lie inside the file, and (if deflated) claim no more than deflate can produce. Only
+  when every record is stored is the file memory-mapped (copy-on-write): torch's mmap path slices the file
+  without checking either.
+* **One unpickling pass**: then ``torch.load`` runs. Its storages are not resizable, so a tensor view reaching
+  past its storage (or with a negative or overflowing stride) makes torch raise rather than allocate; only
+  then does the skeleton pass below run, to name what is wrong.
+* **The skeleton pass** (``skeleton=True``, :func:`peek`; the equivalent of ``torch.load(map_location=
+  "meta")``): torch's unpickler runs on ``data.pkl`` alone with meta storages, which gives the shapes without
+  reading data; each tensor must lie inside its declared storage (meta storages grow silently, so this is
+  checked by hand). Legacy (pre-1.6) files always take it before ``torch.load``: their storage counts are
+  checked against the file.
+
+The scan of a ``data.pkl`` is kept (by its exact bytes, so a changed file is scanned again) for the load that
+usually follows a loader's ``detect``. Measured on torch 2.13 (``benchmarks/bench_pickle_load.py``): a module
+pickle loads in ~1.6x plain ``torch.load(weights_only=True)``, a state dict in ~1.7-1.9x (both ~1 ms; the scan
+is most of the difference), and a 256 MiB state dict as fast as ``torch.load(weights_only=True, mmap=True)``.
 
 Tensors come back as plain tensors (parameters detached, ``requires_grad`` and hooks dropped). Nothing from the
 checkpoint's own code runs, and nothing is imported: the real libraries need not be installed. Stubs of
@@ -246,6 +257,8 @@ _STORAGE_NAMES = ("DoubleStorage", "FloatStorage", "HalfStorage", "BFloat16Stora
                   "ComplexDoubleStorage")
 _DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
                 "complex64", "complex128")
+_STORAGE_DTYPES: dict[str, torch.dtype] = {f"torch.{s}": getattr(torch, d) for s, d in zip(_STORAGE_NAMES, _DTYPE_NAMES,
+                                                                                            strict=True)}
 _TORCH_GLOBALS: frozenset[str] = frozenset({
     "collections.OrderedDict", "builtins.set", "builtins.complex", "_codecs.encode",
     "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
@@ -286,62 +299,163 @@ def _stand_in(full: str, path: Path | None, stubs: bool) -> Any | None:
     )
 
 
-_STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
-                         "BINUNICODE8"})
-_NO_PUSH_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "FRAME", "PROTO"})
+class _Name(str):
+    """A global's dotted name as a value on the scan's stack (the storage type inside a persistent id)."""
 
 
-def _scan_globals(f: IO[bytes], path: Path | None) -> list[str]:
-    """Every global one pickle names, statically (``pickletools``; the stream is left after its STOP).
+class _Unknown:
+    """A value the scan does not track (anything but str, int, tuples of them and global names)."""
 
-    ``STACK_GLOBAL`` (protocol 4+) takes its names from the two strings pushed before it (directly or from the
-    memo); a name computed any other way is refused, since it could not be checked.
+    def __repr__(self) -> str:
+        return "<computed>"
+
+
+_UNKNOWN: Any = _Unknown()
+(_K_OTHER, _K_STR, _K_BYTESTR, _K_INT, _K_GLOBAL, _K_INST, _K_STACK_GLOBAL, _K_MARK, _K_TUPLE, _K_TUPLE_N, _K_PUT,
+ _K_MEMOIZE, _K_GET, _K_PERSID, _K_BINPERSID, _K_DUP) = range(16)
+_SCAN_KINDS = {
+    "BINUNICODE": _K_STR, "SHORT_BINUNICODE": _K_STR, "BINUNICODE8": _K_STR, "UNICODE": _K_STR,
+    "STRING": _K_BYTESTR, "BINSTRING": _K_BYTESTR, "SHORT_BINSTRING": _K_BYTESTR,
+    "INT": _K_INT, "BININT": _K_INT, "BININT1": _K_INT, "BININT2": _K_INT, "LONG": _K_INT, "LONG1": _K_INT,
+    "LONG4": _K_INT, "GLOBAL": _K_GLOBAL, "INST": _K_INST, "STACK_GLOBAL": _K_STACK_GLOBAL, "MARK": _K_MARK,
+    "TUPLE": _K_TUPLE, "EMPTY_TUPLE": _K_TUPLE_N, "TUPLE1": _K_TUPLE_N, "TUPLE2": _K_TUPLE_N, "TUPLE3": _K_TUPLE_N,
+    "PUT": _K_PUT, "BINPUT": _K_PUT, "LONG_BINPUT": _K_PUT, "MEMOIZE": _K_MEMOIZE, "GET": _K_GET, "BINGET": _K_GET,
+    "LONG_BINGET": _K_GET, "PERSID": _K_PERSID, "BINPERSID": _K_BINPERSID, "DUP": _K_DUP,
+}
+
+
+def _scan_table() -> dict[Any, tuple[int, bool, int, int]]:
+    """Per pickletools opcode: (kind, pops to a MARK, items popped below the MARK or in all, items pushed)."""
+    table: dict[Any, tuple[int, bool, int, int]] = {}
+    for op in pickletools.opcodes:
+        before = op.stack_before
+        mark = before.index(pickletools.markobject) if pickletools.markobject in before else -1
+        kind = _SCAN_KINDS.get(op.name, _K_OTHER)
+        tuple_n = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}.get(op.name, 0)
+        table[op] = (kind, mark >= 0, tuple_n if kind == _K_TUPLE_N else (mark if mark >= 0 else len(before)),
+                     len(op.stack_after))
+    return table
+
+
+_SCAN_OPS = _scan_table()
+
+
+def _scan(f: IO[bytes], path: Path | None) -> tuple[list[str], list[Any]]:
+    """Every global one pickle names and every persistent id it loads, statically (the stream is left after its
+    STOP), before torch runs anything.
+
+    A symbolic run of the pickle's stack (each opcode's stack effect as ``pickletools`` declares it) that tracks
+    only literals: strings, ints, tuples of them and global names, through the memo. That is enough to read
+    ``STACK_GLOBAL``'s two names and the ``('storage', torch.FloatStorage, key, location, numel)`` ids torch.save
+    writes: so the archive's records can be checked against what the pickle declares *before* ``torch.load``
+    reads them (one unpickling pass instead of two). A ``STACK_GLOBAL`` whose name is computed any other way is
+    refused (it could not be checked); an id that is not a literal comes back as ``_UNKNOWN`` (the caller
+    refuses it).
     """
     found: list[str] = []
-    memo: dict[int, Any] = {}
-    recent: list[Any] = []  # what each pushing opcode pushed: a str, or None for anything else
+    pids: list[Any] = []
+    memo: dict[Any, Any] = {}
+    stack: list[Any] = []
+    metastack: list[list[Any]] = []
+    push = stack.append
     try:
         for op, arg, _pos in pickletools.genops(f):
-            name = op.name
-            if name in ("GLOBAL", "INST"):
+            kind, to_mark, pops, pushes = _SCAN_OPS[op]
+            if kind == _K_STR:
+                push(arg)
+            elif kind == _K_PUT:
+                memo[arg] = stack[-1]
+            elif kind == _K_GET:
+                push(memo.get(arg, _UNKNOWN))
+            elif kind == _K_INT:
+                push(arg if type(arg) is int else _UNKNOWN)
+            elif kind == _K_TUPLE_N:
+                if len(stack) < pops:
+                    raise IndexError
+                items = tuple(stack[len(stack) - pops:])
+                del stack[len(stack) - pops:]
+                push(items)
+            elif kind == _K_MARK:
+                metastack.append(stack)
+                stack = []
+                push = stack.append
+            elif kind == _K_TUPLE:
+                items = tuple(stack)
+                stack = metastack.pop()
+                push = stack.append
+                push(items)
+            elif kind == _K_BYTESTR:  # torch decodes these as UTF-8, pickletools as latin-1: equal for ASCII only
+                push(arg if isinstance(arg, str) and arg.isascii() else _UNKNOWN)
+            elif kind in (_K_GLOBAL, _K_INST):
                 module, _, attr = str(arg).partition(" ")
-                found.append(".".join(_py3_name(module, attr)))
-            elif name == "STACK_GLOBAL":
-                if len(recent) < 2 or not isinstance(recent[-1], str) or not isinstance(recent[-2], str):
+                full = ".".join(_py3_name(module, attr))
+                found.append(full)
+                if kind == _K_INST:
+                    stack = metastack.pop()
+                    push = stack.append
+                push(_Name(full) if kind == _K_GLOBAL else _UNKNOWN)
+            elif kind == _K_STACK_GLOBAL:
+                if len(stack) < 2 or type(stack[-1]) is not str or type(stack[-2]) is not str:
                     raise UnsafeCheckpointError("refusing to load: a STACK_GLOBAL whose name is not a literal "
                                                 "string cannot be checked", path=path, field="STACK_GLOBAL")
-                found.append(f"{recent[-2]}.{recent[-1]}")
-            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = recent[-1] if recent else None
-            elif name == "MEMOIZE":
-                memo[len(memo)] = recent[-1] if recent else None
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                recent.append(memo.get(int(arg)))
-            elif name in _STRING_OPS:
-                recent.append(arg if isinstance(arg, str) else None)
-            elif name not in _NO_PUSH_OPS:
-                recent.append(None)
-            del recent[:-2]
+                full = f"{stack[-2]}.{stack[-1]}"
+                found.append(full)
+                del stack[-2:]
+                push(_Name(full))
+            elif kind == _K_BINPERSID:
+                pids.append(stack[-1])
+                stack[-1] = _UNKNOWN
+            elif kind == _K_PERSID:
+                pids.append(_UNKNOWN)
+                push(_UNKNOWN)
+            elif kind == _K_MEMOIZE:
+                memo[len(memo)] = stack[-1]
+            elif kind == _K_DUP:
+                push(stack[-1])
+            else:
+                if to_mark:
+                    stack = metastack.pop()
+                    push = stack.append
+                if pops:
+                    if len(stack) < pops:
+                        raise IndexError
+                    del stack[len(stack) - pops:]
+                for _ in range(pushes):
+                    push(_UNKNOWN)
     except SaeHubError:
         raise
+    except IndexError:  # an opcode took more from the stack (or the MARK stack) than is on it: torch would too
+        raise CorruptFileError("cannot read this pickle: an opcode pops more than its stack holds",
+                               path=path) from None
     except (ValueError, EOFError, struct.error, UnicodeDecodeError) as e:  # pickletools' "not a pickle"
         raise CorruptFileError(f"cannot read this pickle: {e}", path=path) from None
-    return found
+    return found, pids
 
 
 _REGISTERED: dict[str, int] = {}
 _REGISTER_LOCK = threading.Lock()
+_PRIOR: list[Any] = [None]  # torch's safe-globals set as it was before our first registration in flight
 
 
 @contextlib.contextmanager
 def _registered(entries: dict[str, Any]) -> Iterator[None]:
     """``torch.serialization.safe_globals`` for our stand-ins, reference-counted so that concurrent loads in
-    several threads do not unregister each other's names halfway through (torch keeps one global set)."""
+    several threads do not unregister each other's names halfway through (torch keeps one global set).
+
+    When the last of our names goes, torch's set object from before is put back if its contents are what is
+    left (nobody else registered meanwhile): removing rebuilds the set, which could list its members in another
+    order, and a user's ``get_safe_globals()`` should not change because we loaded a file.
+    """
     from torch import _weights_only_unpickler as wo
 
     items = [(obj, name) for name, obj in entries.items()]
+    if not items:
+        yield
+        return
     with _REGISTER_LOCK:
         new = [(o, n) for o, n in items if not _REGISTERED.get(n)]
+        if not _REGISTERED:
+            _PRIOR[0] = wo._marked_safe_globals_set
         for _, n in items:
             _REGISTERED[n] = _REGISTERED.get(n, 0) + 1
         if new:
@@ -358,20 +472,53 @@ def _registered(entries: dict[str, Any]) -> Iterator[None]:
                     gone.append((o, n))
             if gone:
                 wo._remove_safe_globals(gone)
+            if not _REGISTERED:
+                if wo._marked_safe_globals_set == _PRIOR[0]:
+                    wo._marked_safe_globals_set = _PRIOR[0]
+                _PRIOR[0] = None
 
 
-def _unpickle(f: IO[bytes], path: Path | None, entries: dict[str, Any], stubs: bool,
-              persistent_load: Callable[[Any], Any] | None) -> Any:
-    """One pickle from ``f`` through torch's weights_only unpickler, after checking its globals; the names it
-    needs registered are added to ``entries`` (the caller registers them again for ``torch.load``)."""
-    from torch import _weights_only_unpickler as wo
-
-    start = f.tell()
+def _checked_scan(f: IO[bytes], path: Path | None, stubs: bool) -> tuple[dict[str, Any], list[Any]]:
+    """:func:`_scan` against our allow-list: (the stand-ins to register by name, the persistent ids)."""
+    found, pids = _scan(f, path)
     here: dict[str, Any] = {}
-    for full in _scan_globals(f, path):
+    for full in found:
         obj = _stand_in(full, path, stubs)
         if obj is not None:
             here[full] = obj
+    return here, pids
+
+
+# data.pkl bytes (and whether stand-ins are allowed) -> what _checked_scan found: detect's peek and the load that
+# follows scan the same pickle once. Keyed by the exact bytes, so a changed file is scanned again; small pickles
+# only, so the cache holds at most _SCAN_CACHE_SIZE * _SCAN_CACHE_MAX_BYTES.
+_SCAN_CACHE: dict[tuple[bytes, bool], tuple[dict[str, Any], list[Any]]] = {}
+_SCAN_CACHE_SIZE = 32
+_SCAN_CACHE_MAX_BYTES = 256 << 10
+
+
+def _checked_scan_bytes(raw: bytes, path: Path, stubs: bool) -> tuple[dict[str, Any], list[Any]]:
+    key = (raw, stubs)
+    hit = _SCAN_CACHE.get(key)
+    if hit is None:
+        hit = _checked_scan(io.BytesIO(raw), path, stubs)
+        if len(raw) <= _SCAN_CACHE_MAX_BYTES:
+            if len(_SCAN_CACHE) >= _SCAN_CACHE_SIZE:
+                _SCAN_CACHE.clear()
+            _SCAN_CACHE[key] = hit
+    return hit
+
+
+def _unpickle(f: IO[bytes], path: Path | None, entries: dict[str, Any], stubs: bool,
+              persistent_load: Callable[[Any], Any] | None,
+              scanned: tuple[dict[str, Any], list[Any]] | None = None) -> Any:
+    """One pickle from ``f`` through torch's weights_only unpickler, after checking its globals (``scanned``: the
+    :func:`_checked_scan` of these bytes, if the caller has it); the names it needs registered are added to
+    ``entries`` (the caller registers them again for ``torch.load``)."""
+    from torch import _weights_only_unpickler as wo
+
+    start = f.tell()
+    here = scanned[0] if scanned is not None else _checked_scan(f, path, stubs)[0]
     entries.update(here)
     f.seek(start)
     unpickler = wo.Unpickler(f, encoding="utf-8")
@@ -389,12 +536,11 @@ def _unpickle(f: IO[bytes], path: Path | None, entries: dict[str, Any], stubs: b
 
 
 class _Skeleton:
-    """The pickle's object graph with meta tensors, the records it uses and the stand-ins it needs."""
+    """The pickle's object graph with meta tensors, their storages and the stand-ins it needs."""
 
     def __init__(self) -> None:
         self.result: Any = None
         self.entries: dict[str, Any] = {}
-        self.declared: dict[str, int] = {}  # record key -> bytes the pickle declares
         # id -> (meta storage made from a persistent id, the bytes it declares); the storages are resizable so
         # that an out-of-bounds view resizes it (no memory on meta) and is then reported with its numbers
         self.storages: dict[int, tuple[torch.UntypedStorage, int]] = {}
@@ -416,25 +562,29 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_tensors(obj: Any, sk: _Skeleton, path: Path) -> None:
+def _check_tensors(obj: Any, sk: _Skeleton, path: Path) -> Any:
     """Every tensor in the skeleton is a view inside a storage that came from the archive, before any data is
-    read (``Tensor.set_`` does not check sizes, strides or offsets; ``torch.Tensor(n)`` would not be from the
-    archive at all)."""
+    read (on meta storages, which grow, ``Tensor.set_`` checks nothing; ``torch.Tensor(n)`` would not be from the
+    archive at all). Returns ``obj`` as :func:`_plain` makes it (one walk for both)."""
 
-    def check(t: torch.Tensor) -> None:
+    def check(t: torch.Tensor) -> torch.Tensor | None:
         st = t.untyped_storage()
         if id(st) not in sk.storages or sk.storages[id(st)][0] is not st:
             raise CorruptFileError("a tensor in this pickle is not backed by a storage record of the archive",
                                    path=path)
         if t.numel() == 0:
-            return
+            return _plain_tensor(t)
         extent = t.storage_offset() + sum((s - 1) * d for s, d in zip(t.shape, t.stride(), strict=True)) + 1
         have = sk.storages[id(st)][1] // t.element_size()
         if min(t.stride(), default=0) < 0 or extent > have:
             raise CorruptFileError(f"tensor of size {list(t.shape)} (offset {t.storage_offset()}, stride "
                                    f"{list(t.stride())}) needs {extent} elements, its storage has {have}", path=path)
+        return _plain_tensor(t)
 
-    _walk(obj, path, check)
+    return _walk(obj, path, check)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None), bytes, complex})  # nothing inside: no need to visit
 
 
 def _walk(obj: Any, path: Path, on_tensor: Callable[[torch.Tensor], Any]) -> Any:
@@ -443,6 +593,8 @@ def _walk(obj: Any, path: Path, on_tensor: Callable[[torch.Tensor], Any]) -> Any
     done: dict[int, Any] = {}
 
     def go(x: Any, depth: int) -> Any:
+        if type(x) in _ATOMS:
+            return x
         key = id(x)
         if key in done:
             return done[key]
@@ -483,48 +635,80 @@ def _walk(obj: Any, path: Path, on_tensor: Callable[[torch.Tensor], Any]) -> Any
     return go(obj, 0)
 
 
+def _plain_tensor(t: torch.Tensor) -> torch.Tensor | None:
+    return t.detach() if isinstance(t, torch.nn.Parameter) or t.requires_grad else None
+
+
 def _plain(obj: Any, path: Path) -> Any:
     """Parameters and tensors that require grad become plain tensors (same storage), as a state dict holds."""
-    return _walk(obj, path, lambda t: t.detach() if isinstance(t, torch.nn.Parameter) or t.requires_grad else None)
+    return _walk(obj, path, _plain_tensor)
 
 
 # ---------------------------------------------------------------------------------------------- readers
 
 
 class _Zip:
-    """A torch zip archive's directory, checked before anything is inflated."""
+    """A torch zip archive: its directory, checked before anything is inflated, and its (capped) ``data.pkl``."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             with zipfile.ZipFile(path) as zf:
                 self.infos = {i.filename: i for i in zf.infolist()}
+                self.size = os.fstat(zf.fp.fileno()).st_size  # type: ignore[union-attr]
+                self._check_names()
+                order = self.infos.get(f"{self.prefix}byteorder")
+                if order is not None:
+                    _check_record(order, "byteorder", None, path, self.size)
+                    if zf.read(order).strip() not in (b"little", b""):
+                        raise UnsupportedSAEError("big-endian torch archives are not supported", path=path)
+                info = self.infos.get(f"{self.prefix}data.pkl")
+                _check_record(info, "data.pkl", None, path, self.size)
+                self.pickle = zf.read(info)  # type: ignore[arg-type]
+        except SaeHubError:
+            raise
         except (zipfile.BadZipFile, OSError, ValueError) as e:
             raise CorruptFileError(f"not a readable torch zip archive: {e}", path=path) from None
+
+    def _check_names(self) -> None:
         names = list(self.infos)
         pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkls) != 1 or any(n.endswith("constants.pkl") for n in names):
             if any(n.endswith("constants.pkl") for n in names):
                 raise UnsupportedSAEError("this is a TorchScript archive (torch.jit.save); it is not read "
-                                          "because it holds code", path=path)
-            raise CorruptFileError(f"torch zip archive without exactly one data.pkl (found {pkls})", path=path)
+                                          "because it holds code", path=self.path)
+            raise CorruptFileError(f"torch zip archive without exactly one data.pkl (found {pkls})", path=self.path)
         self.prefix = pkls[0][: -len("data.pkl")]
         if any(n.startswith(f"{self.prefix}code/") for n in names):
             raise UnsupportedSAEError("this is a TorchScript archive (torch.jit.save); it is not read "
-                                      "because it holds code", path=path)
-        self.path = path
-        self.size = path.stat().st_size
+                                      "because it holds code", path=self.path)
 
-    def read(self, name: str, nbytes: int | None) -> bytes:
-        info = self.infos.get(self.prefix + name)
-        _check_record(info, name, nbytes, self.path, self.size)
-        with zipfile.ZipFile(self.path) as zf:
-            return zf.read(info)  # type: ignore[arg-type]
+    def declared(self, pids: list[Any]) -> dict[str, int]:
+        """Record key -> the bytes the pickle declares for it (the first id naming a key decides, as in torch),
+        from the scan's literal persistent ids; an id that is not what torch.save writes is refused."""
+        out: dict[str, int] = {}
+        for pid in pids:
+            if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage" and type(pid[1]) is _Name
+                    and pid[1] in _STORAGE_DTYPES and type(pid[2]) is str and _int(pid[4])):
+                raise CorruptFileError(f"storage id {pid!r} is not the literal ('storage', torch.<T>Storage, key, "
+                                       "location, numel) that torch.save writes; its record cannot be checked",
+                                       path=self.path, field="data.pkl")
+            if pid[2] not in out:
+                out[pid[2]] = pid[4] * _STORAGE_DTYPES[pid[1]].itemsize
+        return out
+
+    def check_records(self, declared: dict[str, int]) -> bool:
+        """Every declared record, from the directory alone (:func:`_check_record`); True if all are stored."""
+        return all([_check_record(self.infos.get(f"{self.prefix}data/{k}"), f"data/{k}", n, self.path, self.size)
+                    for k, n in declared.items()])
 
 
-def _zip_skeleton(path: Path, stubs: bool) -> tuple[_Skeleton, _Zip]:
+def _zip_skeleton(path: Path, stubs: bool) -> _Skeleton:
+    """torch's unpickler over ``data.pkl`` alone, with meta storages: shapes without data, and every tensor
+    checked to lie inside its declared storage."""
     z = _Zip(path)
-    if f"{z.prefix}byteorder" in z.infos and z.read("byteorder", None).strip() not in (b"little", b""):
-        raise UnsupportedSAEError("big-endian torch archives are not supported", path=path)
+    scanned = _checked_scan_bytes(z.pickle, path, stubs)
+    z.declared(scanned[1])  # what the full load refuses, peek refuses too
     sk = _Skeleton()
     cache: dict[str, torch.storage.TypedStorage] = {}
 
@@ -537,14 +721,32 @@ def _zip_skeleton(path: Path, stubs: bool) -> tuple[_Skeleton, _Zip]:
             raise pickle.UnpicklingError(f"malformed storage id {pid!r}")
         if key not in cache:  # as torch: the first use of a key decides its storage
             nbytes = numel * torch._utils._element_size(dtype)
-            sk.declared[key] = nbytes
             cache[key] = _meta_storage(sk, nbytes, dtype)
         return cache[key]
 
-    raw = z.read("data.pkl", None)
-    sk.result = _unpickle(io.BytesIO(raw), path, sk.entries, stubs, persistent_load)
-    _check_tensors(sk.result, sk, path)
-    return sk, z
+    sk.result = _check_tensors(_unpickle(io.BytesIO(z.pickle), path, sk.entries, stubs, persistent_load, scanned),
+                               sk, path)
+    return sk
+
+
+def _zip_load(path: Path, stubs: bool) -> Any:
+    """One unpickling pass: the static scan gives the globals (checked against our allow-list) and the records
+    with their declared sizes (checked against the zip directory), then ``torch.load`` runs.
+
+    What the skeleton pass checked before is left to torch here, which refuses it itself: its storages are not
+    resizable, so a tensor reaching past its storage (or with a negative or overflowing stride) raises instead
+    of growing it, and it checks every persistent id. Only when torch refuses do we run the skeleton pass, to
+    name what is wrong (the view and its numbers, the malformed id) instead of torch's bare message.
+    """
+    z = _Zip(path)
+    entries, pids = _checked_scan_bytes(z.pickle, path, stubs)
+    mmap = z.check_records(z.declared(pids))
+    try:
+        with _registered(entries):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:
+        _zip_skeleton(path, stubs)  # raises the precise error where the pickle is at fault
+        raise
 
 
 def _legacy_skeleton(f: IO[bytes], path: Path, sk: _Skeleton, stubs: bool) -> None:
@@ -594,18 +796,11 @@ def _legacy_skeleton(f: IO[bytes], path: Path, sk: _Skeleton, stubs: bool) -> No
             raise CorruptFileError(f"legacy storage {key}: {stored} elements, expected {count}", path=path,
                                    field=str(key))
         pos += 8 + nbytes
-    _check_tensors(sk.result, sk, path)
+    sk.result = _check_tensors(sk.result, sk, path)
 
 
-def _skeleton(path: Path, stubs: bool) -> tuple[_Skeleton, _Zip | None, bool]:
-    """(skeleton, zip directory or None, whether torch.load has data to read: False for a plain pickle)."""
-    if not path.is_file():
-        from sae_hub.errors import MissingFileError
-
-        raise MissingFileError("required file not found", path=path)
-    if zipfile.is_zipfile(path):
-        sk, z = _zip_skeleton(path, stubs)
-        return sk, z, True
+def _stream_skeleton(path: Path, stubs: bool) -> tuple[_Skeleton, bool]:
+    """A legacy (pre-1.6) torch file or a plain pickle: (skeleton, whether torch.load has data to read)."""
     with open(path, "rb") as f:
         head = f.read(4)
         f.seek(0)
@@ -618,23 +813,25 @@ def _skeleton(path: Path, stubs: bool) -> tuple[_Skeleton, _Zip | None, bool]:
         sk = _Skeleton()
         first = _unpickle(f, path, sk.entries, stubs, None)
         if not (isinstance(first, int) and first == _LEGACY_MAGIC):
-            sk.result = first  # a plain pickle (no tensors can be in it: there is no storage to load)
-            _check_tensors(first, sk, path)
-            return sk, None, False
+            sk.result = _check_tensors(first, sk, path)  # a plain pickle: no tensor can be in it (no storage)
+            return sk, False
         _legacy_skeleton(f, path, sk, stubs)
-        return sk, None, True
+        return sk, True
 
 
 def _load(path: Path, skeleton: bool, stubs: bool) -> Any:
-    sk, z, has_data = _skeleton(path, stubs)
+    if not path.is_file():
+        from sae_hub.errors import MissingFileError
+
+        raise MissingFileError("required file not found", path=path)
+    if zipfile.is_zipfile(path):
+        return _zip_skeleton(path, stubs).result if skeleton else _plain(_zip_load(path, stubs), path)
+    # legacy files keep two passes (the skeleton checks each storage's count against the file): a rare format
+    sk, has_data = _stream_skeleton(path, stubs)
     if skeleton or not has_data:
-        return _plain(sk.result, path)
-    mmap = False
-    if z is not None:
-        mmap = all([_check_record(z.infos.get(f"{z.prefix}data/{k}"), f"data/{k}", n, path, z.size)
-                    for k, n in sk.declared.items()])
+        return sk.result
     with _registered(sk.entries):
-        result = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        result = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     return _plain(result, path)
 
 

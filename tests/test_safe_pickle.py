@@ -451,3 +451,165 @@ def test_stand_ins_are_registered_only_during_the_load(tmp_path, monkeypatch):
     assert list(torch.serialization.get_safe_globals()) == before
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------ one unpickling pass
+
+
+class _PidPickler(pickle.Pickler):
+    """Writes a torch zip's data.pkl by hand: ``_Storage`` objects become persistent ids; with ``shared_ids`` the
+    same id tuple object is reused (the pickler then writes it once and fetches it from the memo)."""
+
+    def __init__(self, file: io.BytesIO, ids: dict[int, tuple]) -> None:
+        super().__init__(file, protocol=2)
+        self.ids = ids
+
+    def persistent_id(self, obj: object) -> tuple | None:
+        return self.ids.get(id(obj))
+
+
+def _hand_made_zip(path: Path, obj: object, ids: dict[int, tuple], records: dict[str, bytes]) -> None:
+    buf = io.BytesIO()
+    _PidPickler(buf, ids).dump(obj)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/byteorder", "little")
+        for key, blob in records.items():
+            z.writestr(f"archive/data/{key}", blob)
+        z.writestr("archive/version", "3\n")
+
+
+class _Rebuild:
+    """Pickles as ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
+
+    def __init__(self, storage: object, offset: int, size: tuple, stride: tuple) -> None:
+        self.args = (storage, offset, size, stride, False, __import__("collections").OrderedDict())
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, self.args
+
+
+def _torch_declared(path: Path) -> dict[str, int]:
+    """Reference: the bytes per record torch's own unpickler asks for (first use of a key), with plain dummy
+    classes registered for whatever torch would refuse."""
+    from torch import _weights_only_unpickler as wo
+
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    with zipfile.ZipFile(path) as z:
+        raw = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    seen: dict[str, int] = {}
+
+    def persistent_load(pid: tuple) -> object:
+        _, storage_type, key, _, numel = pid
+        seen.setdefault(key, numel * storage_type.dtype.itemsize)
+        return torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage(numel * storage_type.dtype.itemsize,
+                                                                            device="meta"),
+                                          dtype=storage_type.dtype, _internal=True)
+
+    with torch.serialization.safe_globals([(type(n.rsplit(".", 1)[-1], (), {}), n) for n in names]):
+        unpickler = wo.Unpickler(io.BytesIO(raw), encoding="utf-8")
+        unpickler.persistent_load = persistent_load
+        unpickler.load()
+    return seen
+
+
+def test_static_storage_ids_are_what_torch_unpickles(tmp_path):
+    """The scan reads each record's declared size from the pickle without running it (so the zip directory is
+    checked before torch.load, in one pass); it must agree with torch's own unpickler on every file."""
+    from sae_hub import safe_pickle as sp
+
+    base = torch.arange(40, dtype=torch.float64)
+    made = {
+        "mixed.pt": {"a": torch.randn(3, 5), "b": torch.arange(7), "h": torch.ones(4, dtype=torch.bfloat16),
+                     "m": torch.zeros(2, dtype=torch.bool), "c": torch.ones(3, dtype=torch.complex64)},
+        "views.pt": {"base": base, "view": base[4:10], "t": base.view(5, 8).t(), "again": base},
+    }
+    paths = sorted((Path(__file__).parent / "fixtures").rglob("*.pt"))
+    for name, sd in made.items():
+        torch.save(sd, tmp_path / name)
+        paths.append(tmp_path / name)
+    # the same id tuple written once and fetched from the memo for the second tensor
+    storage = object()
+    pid = ("storage", torch.FloatStorage, "0", "cpu", 6)
+    _hand_made_zip(tmp_path / "memo.pt", {"x": _Rebuild(storage, 0, (2, 3), (3, 1)),
+                                          "y": _Rebuild(storage, 2, (4,), (1,))},
+                   {id(storage): pid}, {"0": torch.arange(6.0).numpy().tobytes()})
+    paths.append(tmp_path / "memo.pt")
+    for path in paths:
+        z = sp._Zip(path)
+        _, pids = sp._scan(io.BytesIO(z.pickle), path)
+        assert z.declared(pids) == _torch_declared(path), path.name
+    got = load_weights_only(tmp_path / "memo.pt")
+    assert torch.equal(got["x"], torch.arange(6.0).view(2, 3)) and torch.equal(got["y"], torch.arange(2.0, 6.0))
+
+
+def test_storage_id_torch_save_never_writes_is_refused(tmp_path):
+    """An id whose key is not a string (torch would read data/0 for the int 0) cannot be matched to its record
+    before loading: refused, naming data.pkl, by every entry point."""
+    storage = object()
+    path = tmp_path / "intkey.pt"
+    _hand_made_zip(path, {"x": _Rebuild(storage, 0, (4,), (1,))}, {id(storage): ("storage", torch.FloatStorage,
+                                                                                 0, "cpu", 4)},
+                   {"0": b"\0" * 16})
+    assert torch.load(path, weights_only=True)["x"].shape == (4,)  # torch itself would read it
+    for read in (safe_load, peek, load_weights_only):
+        with pytest.raises(CorruptFileError, match="storage id") as err:
+            read(path)
+        assert err.value.field == "data.pkl" and err.value.path == str(path)
+
+
+def test_full_load_unpickles_once_and_detect_then_load_scans_once(tmp_path, monkeypatch):
+    """A load runs torch's unpickler once (not a skeleton pass and then torch.load); peek followed by the load
+    of the same file (what a loader's detect + load do) scans the pickle once."""
+    import pickletools
+
+    from torch import _weights_only_unpickler as wo
+
+    path = Path(__file__).parent / "fixtures" / "overcomplete" / "topk" / "module.pt"
+    calls = {"load": 0, "genops": 0}
+    real_load, real_genops = wo.Unpickler.load, pickletools.genops
+
+    def load(self):  # type: ignore[no-untyped-def]
+        calls["load"] += 1
+        return real_load(self)
+
+    def genops(*a):  # type: ignore[no-untyped-def]
+        calls["genops"] += 1
+        return real_genops(*a)
+
+    monkeypatch.setattr(wo.Unpickler, "load", load)
+    monkeypatch.setattr(pickletools, "genops", genops)
+    copy = tmp_path / "module.pt"  # a path of its own: nothing in peek's cache for it
+    copy.write_bytes(path.read_bytes())
+    from sae_hub import safe_pickle as sp
+
+    getattr(sp, "_SCAN_CACHE", {}).clear()
+    assert qualname_of(safe_load(copy)) == "overcomplete.sae.topk_sae.TopKSAE"
+    assert calls == {"load": 1, "genops": 1}
+    calls.update(load=0, genops=0)
+    getattr(sp, "_SCAN_CACHE", {}).clear()
+    peek(copy)
+    safe_load(copy)
+    assert calls == {"load": 2, "genops": 1}
+
+
+def test_scan_cache_cannot_be_fooled_by_a_swapped_file(tmp_path):
+    """The scan is reused by the exact bytes of data.pkl, never by path, size or mtime: a file replaced by a
+    same-sized one with the old mtime is scanned again (here: bytearray, refused)."""
+    good = tmp_path / "sd.pt"
+    torch.save({"w": torch.ones(4)}, good)
+    assert torch.equal(load_weights_only(good)["w"], torch.ones(4))
+    st = good.stat()
+    with zipfile.ZipFile(good) as z:
+        names = z.namelist()
+        blobs = {n: z.read(n) for n in names}
+    pkl = next(n for n in names if n.endswith("data.pkl"))
+    evil = b"\x80\x02c__builtin__\nbytearray\nJ\x00\x00\x00\x40\x85R."
+    blobs[pkl] = evil + b" " * (len(blobs[pkl]) - len(evil))  # same size; trailing bytes after STOP
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_STORED) as z:
+        for n in names:
+            z.writestr(n, blobs[n])
+    os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for read in (safe_load, load_weights_only, peek):
+        with pytest.raises(UnsafeCheckpointError, match="bytearray"):
+            read(good)
