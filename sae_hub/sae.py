@@ -496,6 +496,9 @@ class SAE(nn.Module):
         scaled = cfg.norm_scaling_factor is not None or cfg.norm_scaling_factor_out is not None
         if not saelens_compatible:
             reasons = [f"{f}: {why}" for f, why in problems]
+            if cfg.has_skip and cfg.apply_b_dec_to_input:
+                reasons.append("apply_b_dec_to_input: SAELens transcoders cannot subtract b_dec from the input "
+                               "(a SAELens-compatible save moves it into b_enc)")
             if scaled:
                 reasons.append(f"norm_scaling_factor: inputs are scaled by {cfg.norm_scaling_factor} (outputs "
                                f"divided by {cfg.norm_scaling_factor_out or cfg.norm_scaling_factor}) at run time; "
@@ -504,8 +507,8 @@ class SAE(nn.Module):
         if problems:
             lines = "; ".join(f"{f}: {why}" for f, why in problems)
             raise IncompatibleSaveError(
-                f"SAELens 6 cannot compute this SAE as sae-hub does ({lines}). Pass saelens_compatible=False to "
-                "write a folder only sae-hub loads (SAELens refuses it)",
+                f"SAELens 6 cannot compute this SAE as sae-hub does ({lines}). Pass saelens_compatible=False "
+                "(sae-hub convert --no-saelens-compatible) to write a folder only sae-hub loads (SAELens refuses it)",
                 field=problems[0][0],
             )
         if not scaled and not (cfg.has_skip and cfg.apply_b_dec_to_input):

@@ -254,3 +254,22 @@ def test_our_safetensors_writer_is_read_by_the_safetensors_library(tmp_path):
             assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
     with safe_open(tmp_path / "x.safetensors", "pt") as f:
         assert f.metadata() == {"format": "pt"}
+
+
+def test_written_tensors_are_aligned_when_read_back_with_mixed_dtypes(tmp_path):
+    """A float32 tensor written after an odd-length float16 one used to start at an odd offset (the writer laid
+    tensors out by name); the safetensors writer orders them by alignment, so every mapped tensor is aligned."""
+    from sae_hub.files import read_safetensors, write_safetensors_atomic
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a_half": torch.randn(3, generator=g).half(), "b_float": torch.randn(5, generator=g),
+               "c_byte": torch.tensor([1], dtype=torch.int8), "d_double": torch.randn(3, generator=g).double(),
+               "e_bf16": torch.randn(7, generator=g).bfloat16(), "f_long": torch.arange(3)}
+    write_safetensors_atomic(tmp_path / "mixed.safetensors", tensors, metadata={"format": "pt"})
+    ours, _ = read_safetensors(tmp_path / "mixed.safetensors")
+    theirs = load_file(tmp_path / "mixed.safetensors")
+    for back in (ours, theirs):
+        assert set(back) == set(tensors)
+        for k, t in tensors.items():
+            assert back[k].data_ptr() % back[k].element_size() == 0, k
+            assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
