@@ -9,6 +9,7 @@ writes one), so a folder assembled from two writers is caught by comparing them.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import random
 import subprocess
@@ -349,4 +350,35 @@ def test_temp_names_are_unique_per_thread(tmp_path):
     for t in threads:
         t.join()
     assert len(names) == 200 and all(is_temp_name(n) for n in names)
+    assert hidden_leftovers(tmp_path) == []
+
+
+def test_eight_threads_writing_one_file_never_collide(tmp_path):
+    """The single-file writers (used by the activation cache and feature stats too) once named their temp file
+    after the pid alone, so threads of one process renamed each other's half-written files away."""
+    from sae_hub.files import write_json_atomic, write_safetensors_atomic
+
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(20):
+                barrier.wait(timeout=60)
+                write_json_atomic(tmp_path / "state.json", {"writer": i, "pad": [i] * 2000})
+                write_safetensors_atomic(tmp_path / "t.safetensors", {"x": torch.full((50_000,), float(i))})
+        except BaseException as e:
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["pad"] == [state["writer"]] * 2000
+    x = load_file(tmp_path / "t.safetensors")["x"]
+    assert torch.all(x == x[0])
     assert hidden_leftovers(tmp_path) == []
