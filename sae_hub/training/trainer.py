@@ -1151,7 +1151,10 @@ def train_sae(cfg: TrainConfig, activations: Any, *, callbacks: Sequence[Callabl
 
     The returned SAE reads raw activations (the input scaling is folded in) and carries the training config
     and final metrics in ``cfg.extra["training"]`` / ``cfg.extra["metrics"]``; ``sae.training_log`` holds the
-    per-interval metrics.
+    per-interval metrics. Its config also records where the activations came from (``model_name``, ``hook_name``,
+    ``dataset_path``, ``context_size``, ``prepend_bos``, and ``seqpos_slice`` when BOS was skipped), from ``cfg``
+    or the source, so SAELens's ``ActivationsStore.from_sae`` and :func:`~sae_hub.training.evaluate` rebuild the
+    same token distribution; what neither knows stays ``None``.
     """
     return Trainer(cfg, activations, callbacks=callbacks, progress=progress, calibration=calibration).run(resume)
 
