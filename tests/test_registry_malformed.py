@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import sae_hub
-from sae_hub import releases
+from sae_hub import registry_schema, releases
 from sae_hub.errors import RegistryError
 
 HEAD = "releases:\n  - name: lab\n    model: gpt2\n    repo_id: lab/saes\n    format: saelens\n"
@@ -309,7 +309,7 @@ releases:
     model: pythia
     saes: [{id: b, vars: {x: 0x1F, y: 1_000, z: yes, w: '0o7'}}]
 """
-    assert releases._yaml_load(text.encode(), "x") == yaml.safe_load(text)
+    assert registry_schema.load_yaml(text.encode(), "x") == yaml.safe_load(text)
     f = tmp_path / "anchors.yaml"
     f.write_text(text)
     assert sae_hub.registry.add(f) == ["lab-a", "lab-b"]
@@ -323,7 +323,7 @@ releases:
 def test_parser_matches_pyyaml_on_every_shipped_file():
     for path in releases._shipped_files():
         data = path.read_bytes()
-        assert releases._yaml_load(data, str(path)) == yaml.safe_load(data), path.name
+        assert registry_schema.load_yaml(data, str(path)) == yaml.safe_load(data), path.name
 
 
 def test_cache_serves_the_validated_document_and_follows_edits(tmp_path):
