@@ -259,11 +259,16 @@ def _read_file(path: Path, *, source: str | None = None, check_formats: bool = T
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # no or a bad cache
         releases = _build(json.loads(cached.read_bytes()), source, path.parent)
     if releases is None:
+        if st.st_size > MAX_FILE_BYTES:  # before reading: a huge file costs nothing
+            raise RegistryError(f"file is {st.st_size:,} bytes; a registry file may hold at most "
+                                f"{MAX_FILE_BYTES:,}", path=source)
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE_BYTES + 1)
+            with open(path, "rb") as f:  # read(n) allocates n up front: ask for what stat promised, plus one
+                data = f.read(st.st_size + 1)
         except OSError as e:
             raise RegistryError(f"cannot read registry file: {e.strerror or e}", path=source) from None
+        if len(data) != st.st_size:
+            raise RegistryError("the file changed while it was read; try again", path=source)
         norm = _validate(_yaml_load(data, source), source)
         releases = _build(norm, source, path.parent)
         try:
