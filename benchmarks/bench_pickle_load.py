@@ -68,12 +68,14 @@ def _cold(sp: ModuleType, fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _time(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, float]]:
-    """(min, median) seconds per case over ``rounds`` interleaved rounds, after one warm-up call each."""
+    """(min, median) seconds per case over ``rounds`` interleaved rounds (each starting one case later, so no
+    case always follows the same one), after one warm-up call each."""
     for fn in cases.values():
         fn()
     samples: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
+    order = list(cases.items())
+    for r in range(rounds):
+        for name, fn in order[r % len(order):] + order[:r % len(order)]:
             t = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t)

@@ -31,10 +31,11 @@ adds what torch does not do:
   checked by hand). Legacy (pre-1.6) files always take it before ``torch.load``: their storage counts are
   checked against the file.
 
-The scan of a ``data.pkl`` is kept (by its exact bytes, so a changed file is scanned again) for the load that
-usually follows a loader's ``detect``. Measured on torch 2.13 (``benchmarks/bench_pickle_load.py``): a module
-pickle loads in ~1.6x plain ``torch.load(weights_only=True)``, a state dict in ~1.7-1.9x (both ~1 ms; the scan
-is most of the difference), and a 256 MiB state dict as fast as ``torch.load(weights_only=True, mmap=True)``.
+The scan of a ``data.pkl`` is kept (by a BLAKE2b digest of its bytes: a changed file is scanned again) for the
+load that usually follows a loader's ``detect``. Measured on torch 2.13 (``benchmarks/bench_pickle_load.py``,
+first load of a file): a module pickle loads in ~1.5x plain ``torch.load(weights_only=True)`` (which itself takes
+twice what the hand-written unpickler this replaced did), a state dict in ~1.7x (both ~1 ms; the scan is most of
+the difference), and a 256 MiB state dict as fast as ``torch.load(weights_only=True, mmap=True)``.
 
 Tensors come back as plain tensors (parameters detached, ``requires_grad`` and hooks dropped). Nothing from the
 checkpoint's own code runs, and nothing is imported: the real libraries need not be installed. Stubs of
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -312,7 +314,7 @@ class _Unknown:
 
 _UNKNOWN: Any = _Unknown()
 (_K_OTHER, _K_STR, _K_BYTESTR, _K_INT, _K_GLOBAL, _K_INST, _K_STACK_GLOBAL, _K_MARK, _K_TUPLE, _K_TUPLE_N, _K_PUT,
- _K_MEMOIZE, _K_GET, _K_PERSID, _K_BINPERSID, _K_DUP) = range(16)
+ _K_MEMOIZE, _K_GET, _K_PERSID, _K_BINPERSID, _K_DUP, _K_STOP) = range(17)
 _SCAN_KINDS = {
     "BINUNICODE": _K_STR, "SHORT_BINUNICODE": _K_STR, "BINUNICODE8": _K_STR, "UNICODE": _K_STR,
     "STRING": _K_BYTESTR, "BINSTRING": _K_BYTESTR, "SHORT_BINSTRING": _K_BYTESTR,
@@ -320,20 +322,22 @@ _SCAN_KINDS = {
     "LONG4": _K_INT, "GLOBAL": _K_GLOBAL, "INST": _K_INST, "STACK_GLOBAL": _K_STACK_GLOBAL, "MARK": _K_MARK,
     "TUPLE": _K_TUPLE, "EMPTY_TUPLE": _K_TUPLE_N, "TUPLE1": _K_TUPLE_N, "TUPLE2": _K_TUPLE_N, "TUPLE3": _K_TUPLE_N,
     "PUT": _K_PUT, "BINPUT": _K_PUT, "LONG_BINPUT": _K_PUT, "MEMOIZE": _K_MEMOIZE, "GET": _K_GET, "BINGET": _K_GET,
-    "LONG_BINGET": _K_GET, "PERSID": _K_PERSID, "BINPERSID": _K_BINPERSID, "DUP": _K_DUP,
+    "LONG_BINGET": _K_GET, "PERSID": _K_PERSID, "BINPERSID": _K_BINPERSID, "DUP": _K_DUP, "STOP": _K_STOP,
 }
 
 
-def _scan_table() -> dict[Any, tuple[int, bool, int, int]]:
-    """Per pickletools opcode: (kind, pops to a MARK, items popped below the MARK or in all, items pushed)."""
-    table: dict[Any, tuple[int, bool, int, int]] = {}
+def _scan_table() -> dict[int, tuple[Any, int, bool, int, int]]:
+    """Opcode byte -> (pickletools' reader of its argument or None, kind, pops to a MARK, items popped below the
+    MARK or in all, items pushed), from ``pickletools.opcodes``."""
+    table: dict[int, tuple[Any, int, bool, int, int]] = {}
     for op in pickletools.opcodes:
         before = op.stack_before
         mark = before.index(pickletools.markobject) if pickletools.markobject in before else -1
         kind = _SCAN_KINDS.get(op.name, _K_OTHER)
         tuple_n = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}.get(op.name, 0)
-        table[op] = (kind, mark >= 0, tuple_n if kind == _K_TUPLE_N else (mark if mark >= 0 else len(before)),
-                     len(op.stack_after))
+        table[ord(op.code)] = (op.arg.reader if op.arg is not None else None, kind, mark >= 0,
+                               tuple_n if kind == _K_TUPLE_N else (mark if mark >= 0 else len(before)),
+                               len(op.stack_after))
     return table
 
 
@@ -344,8 +348,10 @@ def _scan(f: IO[bytes], path: Path | None) -> tuple[list[str], list[Any]]:
     """Every global one pickle names and every persistent id it loads, statically (the stream is left after its
     STOP), before torch runs anything.
 
-    A symbolic run of the pickle's stack (each opcode's stack effect as ``pickletools`` declares it) that tracks
-    only literals: strings, ints, tuples of them and global names, through the memo. That is enough to read
+    Opcodes and their arguments are read by ``pickletools``' own readers (its ``genops`` loop, without the
+    generator: twice as fast). A symbolic run of the pickle's stack (each opcode's stack effect as ``pickletools``
+    declares it) tracks only literals: strings, ints, tuples of them and global names, through the memo. That is
+    enough to read
     ``STACK_GLOBAL``'s two names and the ``('storage', torch.FloatStorage, key, location, numel)`` ids torch.save
     writes: so the archive's records can be checked against what the pickle declares *before* ``torch.load``
     reads them (one unpickling pass instead of two). A ``STACK_GLOBAL`` whose name is computed any other way is
@@ -358,15 +364,23 @@ def _scan(f: IO[bytes], path: Path | None) -> tuple[list[str], list[Any]]:
     stack: list[Any] = []
     metastack: list[list[Any]] = []
     push = stack.append
+    read = f.read
     try:
-        for op, arg, _pos in pickletools.genops(f):
-            kind, to_mark, pops, pushes = _SCAN_OPS[op]
-            if kind == _K_STR:
-                push(arg)
-            elif kind == _K_PUT:
+        while True:
+            code = read(1)
+            if not code:
+                raise ValueError("pickle exhausted before seeing STOP")
+            entry = _SCAN_OPS.get(code[0])
+            if entry is None:
+                raise ValueError(f"opcode {code!r} unknown at byte {f.tell() - 1}")
+            reader, kind, to_mark, pops, pushes = entry
+            arg = reader(f) if reader is not None else None
+            if kind == _K_PUT:
                 memo[arg] = stack[-1]
             elif kind == _K_GET:
                 push(memo.get(arg, _UNKNOWN))
+            elif kind == _K_STR:
+                push(arg)
             elif kind == _K_INT:
                 push(arg if type(arg) is int else _UNKNOWN)
             elif kind == _K_TUPLE_N:
@@ -412,6 +426,8 @@ def _scan(f: IO[bytes], path: Path | None) -> tuple[list[str], list[Any]]:
                 memo[len(memo)] = stack[-1]
             elif kind == _K_DUP:
                 push(stack[-1])
+            elif kind == _K_STOP:
+                break
             else:
                 if to_mark:
                     stack = metastack.pop()
@@ -489,23 +505,24 @@ def _checked_scan(f: IO[bytes], path: Path | None, stubs: bool) -> tuple[dict[st
     return here, pids
 
 
-# data.pkl bytes (and whether stand-ins are allowed) -> what _checked_scan found: detect's peek and the load that
-# follows scan the same pickle once. Keyed by the exact bytes, so a changed file is scanned again; small pickles
-# only, so the cache holds at most _SCAN_CACHE_SIZE * _SCAN_CACHE_MAX_BYTES.
+# BLAKE2b of data.pkl (and whether stand-ins are allowed) -> what _checked_scan found: detect's peek and the load
+# that follows scan the same pickle once. Keyed by the bytes' digest, never by path, size or mtime, so a changed
+# file is scanned again; pickles up to _SCAN_CACHE_MAX_BYTES only (what is kept grows with the pickle).
 _SCAN_CACHE: dict[tuple[bytes, bool], tuple[dict[str, Any], list[Any]]] = {}
 _SCAN_CACHE_SIZE = 32
-_SCAN_CACHE_MAX_BYTES = 256 << 10
+_SCAN_CACHE_MAX_BYTES = 1 << 20
 
 
 def _checked_scan_bytes(raw: bytes, path: Path, stubs: bool) -> tuple[dict[str, Any], list[Any]]:
-    key = (raw, stubs)
+    if len(raw) > _SCAN_CACHE_MAX_BYTES:
+        return _checked_scan(io.BytesIO(raw), path, stubs)
+    key = (hashlib.blake2b(raw, digest_size=32).digest(), stubs)
     hit = _SCAN_CACHE.get(key)
     if hit is None:
         hit = _checked_scan(io.BytesIO(raw), path, stubs)
-        if len(raw) <= _SCAN_CACHE_MAX_BYTES:
-            if len(_SCAN_CACHE) >= _SCAN_CACHE_SIZE:
-                _SCAN_CACHE.clear()
-            _SCAN_CACHE[key] = hit
+        if len(_SCAN_CACHE) >= _SCAN_CACHE_SIZE:
+            _SCAN_CACHE.clear()
+        _SCAN_CACHE[key] = hit
     return hit
 
 
