@@ -17,11 +17,12 @@ adds what torch does not do:
   :class:`~sae_hub.errors.UnsafeCheckpointError` naming it. torch's unpickler restricts ``BUILD`` to tensors,
   ``OrderedDict`` and registered types, so a pickle cannot tamper with an allowed function or type.
 * **The archive is checked from its zip directory before anything is inflated**: ``data.pkl`` is capped at
-  :data:`MAX_PICKLE_BYTES`; each ``data/N`` record must be exactly as large as the pickle declares (the same
-  scan reads the literal ``('storage', torch.FloatStorage, key, location, numel)`` ids torch.save writes; any
-  other id is refused), lie inside the file, and (if deflated) claim no more than deflate can produce. Only
-  when every record is stored is the file memory-mapped (copy-on-write): torch's mmap path slices the file
-  without checking either.
+  :data:`MAX_PICKLE_BYTES`, the small records torch reads whole (version, serialization id, byte order ...) at
+  4 kB, and a name listed twice is refused; each ``data/N`` record must be exactly as large as the pickle
+  declares (the same scan reads the literal ``('storage', torch.FloatStorage, key, location, numel)`` ids
+  torch.save writes; any other id is refused), lie inside the file, and (if deflated) claim no more than
+  deflate can produce. Only when every record is stored is the file memory-mapped (copy-on-write): torch's mmap
+  path slices the file without checking either.
 * **One unpickling pass**: then ``torch.load`` runs. Its storages are not resizable, so a tensor view reaching
   past its storage (or with a negative or overflowing stride) makes torch raise rather than allocate; only
   then does the skeleton pass below run, to name what is wrong.
@@ -92,6 +93,10 @@ _LEGACY_PROTOCOL = 1001
 # A torch ``data.pkl`` holds structure only (tensor bytes live in data/N records): a few kB for an SAE, some MB for
 # a whole LLM state dict. Anything larger is refused before it is read (or inflated).
 MAX_PICKLE_BYTES = 64 << 20
+# small records torch.load reads whole (the stream reader's version and id, _load's format, alignment and byte order)
+_TORCH_METADATA_RECORDS = ("version", ".data/version", ".data/serialization_id", ".format_version",
+                           ".storage_alignment", "byteorder")
+_MAX_METADATA_BYTES = 4096
 # deflate cannot compress better than ~1032:1; a record that claims more is a lie (a zip bomb or a damaged header)
 _MAX_DEFLATE_RATIO = 1032
 # module trees: real ones are < 20 deep with < 10k submodule paths; shared submodules multiply paths
@@ -671,14 +676,22 @@ class _Zip:
         self.path = path
         try:
             with zipfile.ZipFile(path) as zf:
-                self.infos = {i.filename: i for i in zf.infolist()}
+                infos = zf.infolist()
+                self.infos = {i.filename: i for i in infos}
+                if len(self.infos) != len(infos):  # which of two same-named records would torch read?
+                    raise CorruptFileError("torch zip archive lists a record name twice", path=path)
                 self.size = os.fstat(zf.fp.fileno()).st_size  # type: ignore[union-attr]
                 self._check_names()
+                for name in _TORCH_METADATA_RECORDS:  # torch reads these whole before any check of ours
+                    info = self.infos.get(self.prefix + name)
+                    if info is not None:
+                        if info.file_size > _MAX_METADATA_BYTES:
+                            raise CorruptFileError(f"record {name} is {info.file_size} bytes; torch writes a few "
+                                                   f"bytes there and reads it whole", path=path, field=name)
+                        _check_record(info, name, None, path, self.size)
                 order = self.infos.get(f"{self.prefix}byteorder")
-                if order is not None:
-                    _check_record(order, "byteorder", None, path, self.size)
-                    if zf.read(order).strip() not in (b"little", b""):
-                        raise UnsupportedSAEError("big-endian torch archives are not supported", path=path)
+                if order is not None and zf.read(order).strip() not in (b"little", b""):
+                    raise UnsupportedSAEError("big-endian torch archives are not supported", path=path)
                 info = self.infos.get(f"{self.prefix}data.pkl")
                 _check_record(info, "data.pkl", None, path, self.size)
                 self.pickle = zf.read(info)  # type: ignore[arg-type]

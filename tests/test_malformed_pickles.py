@@ -270,6 +270,43 @@ def test_deflated_record_larger_than_declared_is_refused(tmp_path):
         assert err.value.field == "data/0"
 
 
+@pytest.mark.parametrize("record", [".data/serialization_id", "version", "byteorder"])
+def test_deflated_metadata_record_torch_reads_whole_is_refused_before_inflating(tmp_path, record):
+    """torch.load reads these small records whole (the stream reader's id and version, the byte order) before
+    anything of ours could look at them: a 300 kB file whose .data/serialization_id inflates to 300 MiB cost
+    600 MiB of RSS inside torch (measured). Refused from the zip directory, naming the record."""
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(3)}, good)
+    with zipfile.ZipFile(good) as z:
+        assert any(n.endswith("/" + record) for n in z.namelist())
+    bad = tmp_path / "meta_bomb.pt"
+    _rewrite(good, bad, lambda n, b: (b + b"\n" * (300 << 20), zipfile.ZIP_DEFLATED) if n.endswith("/" + record)
+             else (b, zipfile.ZIP_STORED))
+    assert bad.stat().st_size < 1_000_000
+    for read in (safe_load, peek, load_weights_only):
+        with pytest.raises(CorruptFileError, match="reads it whole") as err:
+            _within(30, lambda read=read: read(bad))
+        assert err.value.field == record and err.value.path == str(bad)
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_zip_listing_a_record_name_twice_is_refused(tmp_path):
+    """Our checks and torch's reader must look at the same record: with two of one name, which would torch read?"""
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(100)}, good)
+    bad = tmp_path / "twice.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            blob = zin.read(info)
+            if info.filename.endswith("/data/0"):
+                zout.writestr(info.filename, blob[:40])  # a short one first, then the right one
+            zout.writestr(info.filename, blob)
+    for read in (safe_load, peek, load_weights_only):
+        with pytest.raises(CorruptFileError, match="twice") as err:
+            read(bad)
+        assert err.value.path == str(bad)
+
+
 def _gemma_params(d: int = 8, w: int = 16) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {"W_enc": rng.standard_normal((d, w), dtype=np.float32), "W_dec": rng.standard_normal((w, d),
