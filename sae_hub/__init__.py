@@ -2,7 +2,12 @@
 
 ``import sae_hub`` is cheap: names are resolved on first access, so torch, safetensors and the hub client
 load only when used, and transformer_lens / transformers / plotly / requests / pandas only in the functions
-that need them.
+that need them. Those are optional (extras ``[analysis]``, ``[lens]``, ``[train]``, ``[all]``): a function whose
+package is missing raises :class:`MissingDependencyError` naming the extra (see :mod:`sae_hub.extras`).
+
+Library code never prints: diagnostics go to the ``logging`` logger ``"sae_hub"`` (children
+``sae_hub.<module>``), long work shows a tqdm bar that a ``progress=False`` argument turns off, and only the
+command line (:mod:`sae_hub.cli`) writes to stdout.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
     "ShapeMismatchError", "UnsupportedSAEError", "UnsafeCheckpointError", "FormatDetectionError",
     "LoaderRegistrationError", "NeuronpediaError", "RegistryError", "UnknownReleaseError", "UnknownSAEError",
-    "DownloadError", "IntegrityError", "IncompatibleSaveError",
+    "DownloadError", "IntegrityError", "IncompatibleSaveError", "MissingDependencyError",
 )
 _EXPORTS.update({name: "sae_hub.errors" for name in _ERRORS})
 
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
     from sae_hub.splicing import splice as splice
 
 
-_SUBMODULES = {"registry", "loaders", "hub", "releases", "training", "analysis"}
+_SUBMODULES = {"registry", "loaders", "hub", "releases", "training", "analysis", "extras"}
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ __all__ = [
     "IncompatibleSaveError",
     "IntegrityError",
     "LoaderRegistrationError",
+    "MissingDependencyError",
     "MissingFileError",
     "NeuronpediaError",
     "RegistryError",
@@ -121,6 +122,27 @@ class DownloadError(SaeHubError, OSError):
 
 class IntegrityError(SaeHubError):
     """A file's sha256 differs from the one the registry pins; the file was not used."""
+
+
+class MissingDependencyError(SaeHubError, ImportError):
+    """An optional package a function needs is not installed; the message names the extra that brings it
+    (``pip install 'sae-hub[analysis]'``). ``module`` is the package, ``extra`` the extra; it is an
+    ``ImportError`` too, so ``except ImportError`` around optional features keeps working."""
+
+    def __init__(self, message: str, *, module: str | None = None, extra: str | None = None,
+                 path: str | PathLike[str] | None = None, field: str | None = None) -> None:
+        super().__init__(message, path=path, field=field)
+        self.module = module
+        self.extra = extra
+        self.name = module  # ImportError's attribute: the module that could not be imported
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_dep, (self.message, self.module, self.extra, self.path, self.field))
+
+
+def _rebuild_dep(message: str, module: str | None, extra: str | None, path: str | None,
+                 field: str | None) -> MissingDependencyError:
+    return MissingDependencyError(message, module=module, extra=extra, path=path, field=field)
 
 
 class NeuronpediaError(DownloadError):
