@@ -17,12 +17,13 @@ adds what torch does not do:
   :class:`~sae_hub.errors.UnsafeCheckpointError` naming it. torch's unpickler restricts ``BUILD`` to tensors,
   ``OrderedDict`` and registered types, so a pickle cannot tamper with an allowed function or type.
 * **The archive is checked from its zip directory before anything is inflated**: ``data.pkl`` is capped at
-  :data:`MAX_PICKLE_BYTES`, the small records torch reads whole (version, serialization id, byte order ...) at
-  4 kB, and a name listed twice is refused; each ``data/N`` record must be exactly as large as the pickle
-  declares (the same scan reads the literal ``('storage', torch.FloatStorage, key, location, numel)`` ids
-  torch.save writes; any other id is refused), lie inside the file, and (if deflated) claim no more than
-  deflate can produce. Only when every record is stored is the file memory-mapped (copy-on-write): torch's mmap
-  path slices the file without checking either.
+  :data:`MAX_PICKLE_BYTES` and the small records torch reads whole (version, serialization id, byte order ...)
+  at 4 kB; a name listed twice, or a layout other than torch.save's (one that Python's ``zipfile`` and torch's
+  reader could read as two different archives), is refused. Each ``data/N`` record must be exactly as large
+  as the pickle declares (the same scan reads the literal ``('storage', torch.FloatStorage, key, location,
+  numel)`` ids torch.save writes; any other id is refused), lie inside the file, and (if deflated) claim no
+  more than deflate can produce. Only when every record is stored is the file memory-mapped (copy-on-write):
+  torch's mmap path slices the file without checking either.
 * **One unpickling pass**: then ``torch.load`` runs. Its storages are not resizable, so a tensor view reaching
   past its storage (or with a negative or overflowing stride) makes torch raise rather than allocate; only
   then does the skeleton pass below run, to name what is wrong.
@@ -681,6 +682,7 @@ class _Zip:
                 if len(self.infos) != len(infos):  # which of two same-named records would torch read?
                     raise CorruptFileError("torch zip archive lists a record name twice", path=path)
                 self.size = os.fstat(zf.fp.fileno()).st_size  # type: ignore[union-attr]
+                self._check_layout(zf.fp, len(infos))  # type: ignore[arg-type]
                 self._check_names()
                 for name in _TORCH_METADATA_RECORDS:  # torch reads these whole before any check of ours
                     info = self.infos.get(self.prefix + name)
@@ -699,6 +701,46 @@ class _Zip:
             raise
         except (zipfile.BadZipFile, OSError, ValueError) as e:
             raise CorruptFileError(f"not a readable torch zip archive: {e}", path=path) from None
+
+    def _check_layout(self, f: IO[bytes], entries: int) -> None:
+        """The directory must be where torch's reader (miniz) and ``zipfile`` both look for it.
+
+        ``zipfile`` tolerates bytes before the archive (it shifts every offset by the difference between where the
+        directory is and where the end record says it is) and takes the zip64 record from just before its
+        locator; miniz takes offsets as written and follows the locator. A file on which they differ would have
+        us check one ``data.pkl`` and torch run another, so the layout torch.save writes is required: the
+        directory ends where the zip64 end record starts (or the end record, without zip64), that record sits
+        just before its locator and the 22-byte end record ends the file (no comment), and both end records
+        agree on the directory's offset, size and entry count.
+        """
+        def bad(why: str) -> CorruptFileError:
+            return CorruptFileError(f"zip layout torch.save does not write ({why}); torch's reader and Python's "
+                                    "could see different records", path=self.path)
+
+        f.seek(max(0, self.size - 98))
+        tail = f.read()
+        eocd = tail[-22:]
+        if len(eocd) < 22 or eocd[:4] != b"PK\x05\x06":
+            raise bad("the file does not end with the zip end record: a comment or trailing bytes")
+        count, cd_size, cd_off, comment = struct.unpack("<10xHIIH", eocd)
+        if comment:
+            raise bad("the end record announces a comment")
+        cd_end = self.size - 22
+        loc = tail[-42:-22]
+        if len(loc) == 20 and loc[:4] == b"PK\x06\x07":
+            (z64_pos,) = struct.unpack("<8xQ4x", loc)
+            rec = tail[-98:-42]
+            if z64_pos != self.size - 98 or len(rec) < 56 or rec[:4] != b"PK\x06\x06":
+                raise bad("the zip64 end record is not just before its locator")
+            count64, cd_size64, cd_off64 = struct.unpack("<32xQQQ", rec)
+            for small, big in ((count, count64), (cd_size, cd_size64), (cd_off, cd_off64)):
+                if small not in (big, 0xFFFF, 0xFFFFFFFF):
+                    raise bad("the zip64 and zip end records disagree")
+            count, cd_size, cd_off, cd_end = count64, cd_size64, cd_off64, z64_pos
+        if cd_off + cd_size != cd_end:
+            raise bad("the directory is not where the end record says: bytes before or inside the archive")
+        if count != entries:
+            raise bad(f"the end record counts {count} records, the directory lists {entries}")
 
     def _check_names(self) -> None:
         names = list(self.infos)

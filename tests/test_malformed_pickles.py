@@ -7,6 +7,7 @@ References are independent of sae-hub: ``torch.load`` without mmap (which inflat
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import struct
@@ -226,6 +227,66 @@ def test_bytearray_is_not_on_the_allow_list(tmp_path):
         with pytest.raises(UnsafeCheckpointError) as err:
             read(path)
         assert err.value.field == "builtins.bytearray" and err.value.path == str(path)
+
+
+def _two_faced_zip(path: Path, evil_pkl: bytes) -> None:
+    """A torch zip that Python's zipfile and torch's reader (miniz) read differently: archive A (``evil_pkl``)
+    then archive B (a real torch.save), one end record pointing at A's directory. zipfile finds the directory
+    just before the end record (B's) and shifts its offsets as if bytes were prepended; miniz takes the offset
+    as written (A's directory, A's records)."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(4)}, buf)
+    with zipfile.ZipFile(buf) as z:
+        blobs = {n: z.read(n) for n in z.namelist()}
+    pkl_name = next(n for n in blobs if n.endswith("/data.pkl"))
+    assert len(evil_pkl) <= len(blobs[pkl_name])
+    evil_pkl += b" " * (len(blobs[pkl_name]) - len(evil_pkl))  # after STOP: never read
+
+    def archive(pkl: bytes) -> tuple[bytes, bytes, bytes]:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+            for n, blob in blobs.items():
+                z.writestr(n, pkl if n == pkl_name else blob)
+        data = out.getvalue()
+        cd_size, cd_off = struct.unpack("<II", data[-10:-2])
+        return data[:cd_off], data[cd_off:cd_off + cd_size], data[-22:]
+
+    a_records, a_dir, _ = archive(evil_pkl)
+    b_records, b_dir, b_end = archive(blobs[pkl_name])
+    assert len(a_records) == len(b_records) and len(a_dir) == len(b_dir)
+    path.write_bytes(a_records + a_dir + b_records + b_dir + b_end[:16] + struct.pack("<I", len(a_records))
+                     + b_end[20:])
+
+
+def test_zip_read_differently_by_zipfile_and_torch_is_refused(tmp_path):
+    """The allow-list is checked on the data.pkl Python's zipfile reads, torch.load runs the one miniz reads: on
+    a two-faced zip, 9bcb6c0 and 80b927b both returned the ``bytearray(1 MiB)`` torch ran (a bytearray of any
+    size: defect 3 through the back door). The layout torch.save writes is required, so both see one archive."""
+    path = tmp_path / "two_faced.pt"
+    _two_faced_zip(path, b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01c__builtin__\nbytearray\nJ\x00\x00\x10\x00\x85Rs.")
+    with zipfile.ZipFile(path) as z:  # what Python sees: the real state dict
+        assert b"bytearray" not in z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    assert isinstance(torch.load(path, weights_only=True)["w"], bytearray)  # what torch runs
+    for read in (safe_load, peek, load_weights_only):
+        with pytest.raises(CorruptFileError, match="zip layout") as err:
+            read(path)
+        assert err.value.path == str(path)
+
+
+def test_zip_with_bytes_before_it_or_a_comment_is_refused_by_name(tmp_path):
+    """torch cannot read these either (its reader takes offsets as written); the refusal names the layout."""
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(4)}, good)
+    prefixed, commented = tmp_path / "prefixed.pt", tmp_path / "commented.pt"
+    prefixed.write_bytes(b"JUNK" * 16 + good.read_bytes())
+    with pytest.raises(Exception):  # noqa: B017 (torch's own error type varies)
+        torch.load(prefixed, weights_only=True)
+    data = good.read_bytes()
+    commented.write_bytes(data[:-2] + struct.pack("<H", 7) + b"comment")
+    for path in (prefixed, commented):
+        for read in (safe_load, peek, load_weights_only):
+            with pytest.raises(CorruptFileError, match="zip layout"):
+                read(path)
 
 
 def test_legacy_storage_larger_than_the_file_is_refused_before_allocating(tmp_path):
