@@ -7,11 +7,15 @@ and print; the work itself lives in library functions (:mod:`sae_hub.describe`, 
 
 Every sub-command prints one line on error (``sae-hub: error: ...``) and exits non-zero; ``--debug`` shows the
 traceback instead.
+
+The CLI is the only module that writes to stdout. Library diagnostics go to the ``sae_hub`` logger; the CLI shows
+its warnings on stderr, and its INFO (``-v``) or DEBUG (``-vv``) records too.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,9 +93,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.release or args.sae_id:
         if not (args.release and args.sae_id):
             raise SystemExit("sae-hub: error: --release and --sae-id go together")
-        demo.run_hub_demo(args.release, args.sae_id)
+        demo.run_hub_demo(args.release, args.sae_id, echo=print)
         return 0
-    result = demo.run_synthetic_demo(args.out, steps=args.steps, progress=not args.no_progress)
+    result = demo.run_synthetic_demo(args.out, steps=args.steps, progress=not args.no_progress, echo=print)
     return 0 if all(result["metrics"][k] >= t for k, t in demo.TARGETS.items()) else 1
 
 
@@ -240,8 +244,9 @@ def _read_dataset(spec: str, column: str) -> Any:
         import json
 
         return [json.loads(line)[column] for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    import datasets
+    from sae_hub.extras import require
 
+    datasets = require("datasets", extra="lens", purpose=f"reading dataset {spec!r}")
     if p.is_dir():
         return datasets.load_from_disk(str(p))
     return datasets.load_dataset(spec, split="train")
@@ -376,6 +381,8 @@ def _upload(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sae-hub", description="Load, convert, train and inspect sparse autoencoders.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="show the library's log on stderr: -v info, -vv debug (default: warnings only)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in _COMMANDS:
         sp = sub.add_parser(c.name, help=c.help, description=c.description or None,
@@ -385,9 +392,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _CliLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the ``sae_hub`` log to whatever ``sys.stderr`` is at the time (tests swap it between calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("sae-hub: %(levelname)s: %(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
+def _setup_logging(verbose: int) -> None:
+    """Route the ``sae_hub`` logger to stderr for this command (replacing a handler an earlier ``main`` added)."""
+    log = logging.getLogger("sae_hub")
+    for h in [h for h in log.handlers if isinstance(h, _CliLogHandler)]:
+        log.removeHandler(h)
+    log.addHandler(_CliLogHandler())
+    log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING)
+    log.propagate = False  # the CLI is the application: no second copy through a root handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sae-hub`` console script."""
     args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
     func: Handler = args.func
     if args.debug:
         return func(args)

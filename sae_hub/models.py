@@ -14,13 +14,17 @@ __all__ = ["load_model"]
 
 
 def load_model(name: str, device: str | None = None) -> Any:
-    """A TransformerLens model for ``name`` (a Hub model id or a local Hugging Face folder) on ``device``."""
+    """A TransformerLens model for ``name`` (a Hub model id or a local Hugging Face folder) on ``device``.
+
+    Needs the ``lens`` extra (transformer-lens); without it, MissingDependencyError names the extra.
+    """
+    from sae_hub.extras import require
+
+    tl = require("transformer_lens", extra="lens", purpose="loading a model")
     try:
         from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:
-        from transformer_lens import HookedTransformer
-
-        return HookedTransformer.from_pretrained(name, device=device or "cpu")
+    except ImportError:  # TransformerLens 3: no bridge
+        return tl.HookedTransformer.from_pretrained(name, device=device or "cpu")
     model = TransformerBridge.boot_transformers(name, device=device or "cpu")
     model.enable_compatibility_mode()
     return model

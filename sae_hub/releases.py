@@ -611,7 +611,7 @@ def reset() -> None:
 
 def entry_for(repo_id: str, *, name: str | None = None, model: str, saes: list[Mapping[str, Any]] | None = None,
               format: str = "saelens", revision: str | None = None, **extra: Any) -> str:
-    """The YAML release entry to publish SAEs uploaded to ``repo_id`` (printed and returned).
+    """The YAML release entry to publish SAEs uploaded to ``repo_id``, as text (print it, or write it to a file).
 
     ``saes`` is a list of ``{"id": ..., "path": ..., "l0": ...}``; by default one SAE at the repo root.
     """
@@ -624,6 +624,4 @@ def entry_for(repo_id: str, *, name: str | None = None, model: str, saes: list[M
     entry.update(extra)
     entry["saes"] = [dict(s) for s in (saes or [{"id": "default", "path": "."}])]
     _parse({"releases": [entry]}, "<entry_for>")  # validate before handing it out
-    text = yaml.safe_dump({"releases": [entry]}, sort_keys=False)
-    print(text)
-    return text
+    return yaml.safe_dump({"releases": [entry]}, sort_keys=False)

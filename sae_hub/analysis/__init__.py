@@ -8,8 +8,9 @@
 * :mod:`sae_hub.analysis.plots` — plotly figures (offline HTML); :mod:`sae_hub.analysis.neuronpedia` —
   a feature's explanation and top logits from Neuronpedia.
 
-Importing this package needs only torch: plotly, requests and pandas are imported by the functions that use
-them, and transformer_lens is never imported (the model object brings its own classes).
+Importing this package needs only torch: plotly, requests and pandas (extra ``analysis``) are imported by the
+functions that use them, which raise MissingDependencyError naming the extra when they are missing, and
+transformer_lens is never imported (the model object brings its own classes).
 
 ``logit_lens`` and ``feature_stats`` are both a submodule and the function of the same name; the functions
 are bound here, after their submodules are imported, so ``sae_hub.analysis.logit_lens(...)`` is the function

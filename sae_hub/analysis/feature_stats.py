@@ -22,6 +22,7 @@ Definitions (the tokens counted are all fed positions except special tokens such
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from sae_hub.sae import SAE
 
 __all__ = ["FeatureStats", "feature_stats", "read_sparsity"]
+
+logger = logging.getLogger(__name__)
 
 SPARSITY_FILENAME = "sparsity.safetensors"
 SPARSITY_KEY = "sparsity"
@@ -179,12 +182,11 @@ class FeatureStats:
 
 
 def records_frame(records: list[dict[str, Any]]) -> Any:
-    """Per-feature records as a ``pandas.DataFrame`` indexed by ``feature``; pandas is imported only here,
-    so the analysis classes' ``to_records()`` work without it."""
-    try:
-        import pandas as pd
-    except ImportError as e:  # pragma: no cover - pandas is present in the dev environment
-        raise ImportError("to_pandas needs pandas (pip install pandas); to_records() needs nothing") from e
+    """Per-feature records as a ``pandas.DataFrame`` indexed by ``feature``; pandas (extra ``analysis``) is
+    imported only here, so the analysis classes' ``to_records()`` work without it."""
+    from sae_hub.extras import require
+
+    pd = require("pandas", extra="analysis", purpose="to_pandas() (to_records() needs nothing)")
     return pd.DataFrame.from_records(records).set_index("feature")
 
 
@@ -246,7 +248,8 @@ class _RowStream:
             del self.buffer[:content]
 
     def _row(self, content: list[int]) -> torch.Tensor:
-        return torch.tensor(([int(self.bos)] if self.prepend_bos else []) + content, dtype=torch.long)
+        head = [int(self.bos)] if self.prepend_bos and self.bos is not None else []  # prepend_bos implies a bos
+        return torch.tensor(head + content, dtype=torch.long)
 
     def rows(self, dataset: Any) -> Iterator[torch.Tensor]:
         if isinstance(dataset, torch.Tensor):
@@ -353,6 +356,7 @@ def feature_stats(
     window: int | tuple[int, int] = (10, 5),
     prepend_bos: bool | None = None,
     ignore_special_tokens: bool = True,
+    progress: bool = True,
 ) -> FeatureStats:
     """Stream ``n_tokens`` token positions of ``dataset`` through ``model`` and gather per-feature statistics.
 
@@ -362,8 +366,11 @@ def feature_stats(
     ``prepend_bos``, default: ``sae.cfg.prepend_bos``, else the model's ``default_prepend_bos``, else True).
     Rows are fed ``batch_size`` at a time through :func:`sae_hub.splicing.run_with_saes` (stopping after
     the SAE's hook); the last row is cut so exactly ``n_tokens`` positions are fed (fewer if the dataset
-    ends first). ``window`` is ``(before, after)`` or one int for both.
+    ends first). ``window`` is ``(before, after)`` or one int for both. ``progress`` shows a tqdm bar of the
+    positions fed (on stderr; streaming millions of tokens takes minutes).
     """
+    from tqdm.auto import tqdm
+
     from sae_hub.splicing import run_with_saes
 
     if n_tokens <= 0 or batch_size <= 0 or context_size <= 0 or top_n < 0:
@@ -388,6 +395,7 @@ def feature_stats(
     fed = 0
     n_seq = 0
     batch: list[torch.Tensor] = []
+    bar = tqdm(total=n_tokens, desc="feature stats", unit="tok", unit_scale=True, disable=not progress)
 
     def flush() -> None:
         nonlocal n_seq
@@ -401,19 +409,24 @@ def feature_stats(
             f.mul_(valid[..., None])  # ours: a fresh tensor from encode
         acc.update(f, tok, valid, n_seq)
         n_seq += tokens.shape[0]
+        bar.update(tokens.numel())
 
-    for row in stream.rows(dataset):
-        if fed >= n_tokens:
-            break
-        row = row[: n_tokens - fed]
-        if row.numel() == 0:
-            continue
-        if batch and (len(batch) >= batch_size or batch[0].numel() != row.numel()):
+    try:
+        for row in stream.rows(dataset):
+            if fed >= n_tokens:
+                break
+            row = row[: n_tokens - fed]
+            if row.numel() == 0:
+                continue
+            if batch and (len(batch) >= batch_size or batch[0].numel() != row.numel()):
+                flush()
+            batch.append(row)
+            fed += row.numel()
+        if batch:
             flush()
-        batch.append(row)
-        fed += row.numel()
-    if batch:
-        flush()
+    finally:
+        bar.close()
+    logger.debug("feature_stats: %d positions fed, %d counted, %d sequences", fed, acc.tracker.total_tokens, n_seq)
     if fed == 0:
         raise ConfigError("the dataset gave no tokens", field="dataset")
 

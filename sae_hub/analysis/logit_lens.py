@@ -48,6 +48,7 @@ round differently in the last bit: BLAS picks kernels by matrix height).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import unicodedata
@@ -74,6 +75,8 @@ __all__ = [
     "token_set_mask",
     "vocab_strings",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Rows per matmul block. Chunk sizes are rounded to a multiple of it (see the module docstring).
 _MM_BLOCK = 128
@@ -389,7 +392,7 @@ def _prepare_unembed(model_or_W_U: Any, *, fold_ln: bool, center: bool, d_in: in
             if identity and processed:
                 info.update(ln_weight_folded=True, ln_weight_folded_by="model")
             elif fold_ln:
-                if not identity:
+                if gamma is not None and not identity:
                     W = W * gamma.to(W.device, torch.float32)[:, None]
                 info.update(ln_weight_folded=True, ln_weight_folded_by="sae_hub")
                 if identity:
@@ -781,6 +784,7 @@ def logit_lens(
     builtin_sets: bool = True,
     features: Sequence[int] | torch.Tensor | None = None,
     memory_budget_mb: float = 512,
+    progress: bool = True,
 ) -> LogitLensResult:
     """Per feature: the top-k / bottom-k tokens of ``W_dec @ W_U'``, the moments of the row, and
     token-set enrichment scores (conventions in the module docstring).
@@ -795,8 +799,11 @@ def logit_lens(
     built-ins are skipped without a tokenizer). With no sets at all no sort is needed and top/bottom-k use
     ``topk`` (faster). ``features`` restricts the computation to some feature ids. ``chunk_size`` features
     are processed at a time (rounded up to a multiple of 128); by default as many as fit ``memory_budget_mb``
-    of working memory on top of ``W_U'`` (one chunk is at least 128 features).
+    of working memory on top of ``W_U'`` (one chunk is at least 128 features). ``progress`` shows a tqdm bar of
+    the features done when there is more than one chunk (a 65k-feature lens over a 256k vocabulary takes minutes).
     """
+    from tqdm.auto import tqdm
+
     W, info, model = _prepare_unembed(model_or_W_U, fold_ln=fold_ln, center=center,
                                       d_in=int(sae.cfg.d_out or sae.cfg.d_in))
     d_model, V = W.shape
@@ -833,7 +840,9 @@ def logit_lens(
     bot_vals = torch.empty(n, k, dtype=torch.float32)
     moments = torch.empty(n, 4, dtype=torch.float64)
     enrich = torch.empty(n, len(set_names), dtype=torch.float64)
-    with torch.no_grad():
+    logger.debug("logit_lens: %d features x %d tokens in chunks of %d rows (sort passes of %d)", n, V, rows,
+                 sort_rows)
+    with torch.no_grad(), tqdm(total=n, desc="logit lens", unit="feature", disable=not progress or n <= rows) as bar:
         for s in range(0, n, rows):
             chunk = ids[s:s + rows]
             e = s + chunk.numel()
@@ -854,6 +863,7 @@ def logit_lens(
             bot_ids[s:e], bot_vals[s:e] = b_ids.cpu(), logits.gather(1, b_ids).cpu()
             moments[s:e] = _moments_(logits)  # overwrites logits
             del logits
+            bar.update(e - s)
     return LogitLensResult(
         feature_ids=ids.tolist(), top_ids=top_ids, top_values=top_vals, bottom_ids=bot_ids,
         bottom_values=bot_vals, moments=moments, enrichment=enrich, set_names=set_names, set_sizes=set_sizes,

@@ -9,7 +9,7 @@ environment variable, ``https://www.neuronpedia.org``.
 
 Every failure (offline, timeout, HTTP error, a body that is not a feature) raises
 :class:`NeuronpediaError`, a :class:`sae_hub.errors.DownloadError`, whose message names the URL.
-``requests`` is imported inside :func:`feature`, so importing this module costs nothing.
+``requests`` (extra ``analysis``) is imported inside :func:`feature`, so importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ def feature(sae: SAE | str, j: int, *, base_url: str | None = None, timeout: flo
     ``timeout`` (seconds) bounds connecting and each read; ``session`` may be a ``requests.Session`` to
     reuse connections across many calls. Raises :class:`NeuronpediaError` on any failure, naming the URL.
     """
-    import requests
-
+    from sae_hub.extras import require
     from sae_hub.sae import SAE
+
+    requests = require("requests", extra="analysis", purpose="Neuronpedia look-ups")
 
     if isinstance(sae, SAE):
         np_id = sae.cfg.neuronpedia_id

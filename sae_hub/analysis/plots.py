@@ -5,7 +5,8 @@ with numpy, colours from the given statistics), so the figure can be checked wit
 HTML stays small. ``fig.write_html(path)`` embeds plotly.js (plotly's default ``include_plotlyjs=True``);
 :func:`write_html` does the same and refuses the CDN/"directory" modes, so the page opens with no network.
 
-plotly is imported inside the functions: ``import sae_hub`` (and ``sae_hub.analysis``) never loads it.
+plotly (extra ``analysis``) is imported inside the functions: ``import sae_hub`` (and ``sae_hub.analysis``) never
+loads it, and without it a plot function raises MissingDependencyError naming the extra.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ DEAD_LOG10 = -9.99  # log10(0 + 1e-10) = -10: features at or below this never fi
 
 
 def _go() -> Any:
-    try:
-        import plotly.graph_objects as go
-    except ImportError as e:  # pragma: no cover - plotly is a dependency
-        raise ImportError("plots need plotly (pip install plotly)") from e
-    return go
+    """``plotly.graph_objects``, or MissingDependencyError naming the ``analysis`` extra."""
+    from sae_hub.extras import require
+
+    return require("plotly.graph_objects", extra="analysis", purpose="plots")
 
 
 _VISIBLE = {" ": "\u23b5", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}  # ⎵ for a space
@@ -224,6 +224,8 @@ def density_histogram(source: FeatureStats | torch.Tensor | str | os.PathLike[st
     values, origin = _log10_density(source)
     dead = values <= DEAD_LOG10
     live = values[~dead]
+    counts: Any
+    edges: Any
     counts, edges = _histogram(live, bins) if live.numel() else ([], [0.0])
     fig = go.Figure()
     if live.numel():
