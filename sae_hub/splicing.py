@@ -23,6 +23,17 @@ TransformerLens 3's ``HookedTransformer``. Only the API both share is used:
 
 transformer_lens itself is never imported here: the model object brings its own classes, so ``import sae_hub``
 stays free of transformer_lens / transformers.
+
+The seams, public so that :mod:`sae_hub.training` (activation sources, ``evaluate``) reads and writes models
+through this module alone, and so that another kind of model (plain Hugging Face, say) can slot in by
+providing the same few operations:
+
+* :class:`Site` — *where* an SAE reads from and writes to: a hook point name and an optional head, and how a
+  hook activation maps to the SAE's ``[..., width]`` space and back;
+* :func:`hooks_attached` — attach ``(hook_name, fn)`` pairs for a block, removing exactly them afterwards;
+* :class:`StopForward` and :func:`run_to_hooks` — one forward pass cut as soon as the needed hooks fired;
+* :func:`model_device` — where a model's inputs go;
+* :func:`reconstruct` — an SAE's output for features it encoded (decode plus skip connection).
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -41,7 +52,17 @@ from sae_hub.errors import ConfigError
 if TYPE_CHECKING:
     from sae_hub.sae import SAE
 
-__all__ = ["SpliceHandle", "run_with_saes", "splice"]
+__all__ = [
+    "Site",
+    "SpliceHandle",
+    "StopForward",
+    "hooks_attached",
+    "model_device",
+    "reconstruct",
+    "run_to_hooks",
+    "run_with_saes",
+    "splice",
+]
 
 SAEs = Union["SAE", Sequence["SAE"], Mapping[str, "SAE"]]
 FeatureEdit = Callable[[torch.Tensor], torch.Tensor | None]
@@ -52,8 +73,12 @@ SparseFeatures = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
 _LEVELS = itertools.count(1 << 40)
 
 
-class _StopForward(Exception):
-    """Raised from a hook to end a forward pass once every needed activation has been read."""
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass once every needed activation has been read.
+
+    The caller suppresses it around ``model(tokens)``; raising is the one way to cut a pass short that works on
+    TransformerLens 3 and 4 alike, and it costs only the layers up to the deepest hook.
+    """
 
 
 @dataclass
@@ -142,9 +167,18 @@ def _attach(model: Any, hp: Any, name: str, fn: Callable[..., Any], level: int) 
     hp.add_hook(fn, dir="fwd", level=level)
 
 
+# ------------------------------------------------------------- seams (public: training, evaluate, model kinds)
+
+
 @contextmanager
-def _hooks_attached(model: Any, hooks: list[tuple[str, Callable[..., Any]]]) -> Iterator[None]:
-    """Attach ``(hook_name, fn)`` pairs for the duration of the block; always removes exactly them."""
+def hooks_attached(model: Any, hooks: list[tuple[str, Callable[..., Any]]]) -> Iterator[None]:
+    """Attach ``(hook_name, fn)`` pairs for the duration of the block; always removes exactly them.
+
+    ``fn(act, hook)`` is called once per firing and may return a replacement activation (TransformerLens's hook
+    signature). An unknown hook name is a :class:`~sae_hub.errors.ConfigError` listing the closest names; a
+    gated hook point the model would never fire is refused. Hooks are removed on exit, also when the block
+    raises, and hooks the user attached are left alone (ours carry a private context level).
+    """
     level = next(_LEVELS)
     hook_dict = model.hook_dict  # a computed property on the bridge: fetch once
     points = [(name, _hook_point(model, hook_dict, name), fn) for name, fn in hooks]
@@ -159,27 +193,74 @@ def _hooks_attached(model: Any, hooks: list[tuple[str, Callable[..., Any]]]) -> 
             hp.remove_hooks("fwd", level=level)
 
 
-class _Site:
-    """How one SAE reads from (and writes to) its activations.
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (where its input tokens go); ``model.cfg.device``, else CPU,
+    for a model without parameters."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device(getattr(getattr(model, "cfg", None), "device", None) or "cpu")
+
+
+def run_to_hooks(model: Any, tokens: torch.Tensor, hook_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """One forward pass of ``tokens``, cut as soon as every hook in ``hook_names`` has fired.
+
+    The cut raises :class:`StopForward` from the last hook to fire (as :func:`run_with_saes` does), which works
+    on TransformerLens 3 and 4 alike and costs only the layers up to the deepest hook. Returns the raw hook
+    activations (``[batch, pos, ...]``, still inference tensors when called under ``inference_mode``). A hook
+    that never fires is a :class:`~sae_hub.errors.ConfigError`.
+    """
+    names = list(dict.fromkeys(hook_names))
+    acts: dict[str, torch.Tensor] = {}
+    waiting = set(names)
+
+    def capture(name: str) -> Any:
+        def hook(act: torch.Tensor, hook: Any) -> None:
+            acts[name] = act
+            waiting.discard(name)
+            if not waiting:
+                raise StopForward
+
+        return hook
+
+    with hooks_attached(model, [(n, capture(n)) for n in names]), suppress(StopForward):
+        model(tokens.to(model_device(model)))
+    if waiting:
+        raise ConfigError(
+            f"hook(s) {sorted(waiting)} never fired during the forward pass: this model does not call them",
+            field="hook_name",
+        )
+    return acts
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an SAE reads from (and writes to) a model: the hook point ``hook_name`` and, for a single-head SAE,
+    the head ``head`` (an index on axis ``-2``).
 
     Handles the three layouts an SAE meets: a flat ``[..., d]`` activation; a per-head one
     ``[..., n_heads, d_head]`` (``attn.hook_z``) that a whole-layer SAE reads flattened; and a single head
     ``hook_head_index`` of a per-head activation (the head axis is ``-2``, as in TransformerLens's
-    ``hook_z``/``hook_q``/``hook_k``/``hook_v``).
+    ``hook_z``/``hook_q``/``hook_k``/``hook_v``). A transcoder uses its input site's layout for its output hook
+    too. Errors name ``hook_name``.
     """
 
-    def __init__(self, sae: SAE) -> None:
-        self.sae = sae
-        self.head = sae.cfg.hook_head_index
+    hook_name: str
+    head: int | None = None
 
-    def read(self, act: torch.Tensor, width: int) -> torch.Tensor:
-        """The ``[..., width]`` SAE-space view of a hook activation (on the SAE's device)."""
+    @classmethod
+    def of(cls, sae: SAE) -> Site:
+        """The site of ``sae`` (its ``cfg.hook_name`` and ``cfg.hook_head_index``)."""
+        return cls(str(sae.cfg.hook_name), sae.cfg.hook_head_index)
+
+    def read(self, act: torch.Tensor, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """The ``[..., width]`` SAE-space view of a hook activation, moved to ``device`` (the SAE's) if given."""
         x = act
         if self.head is not None:
             if x.dim() < 2 or not -x.shape[-2] <= self.head < x.shape[-2]:
                 raise ConfigError(
                     f"hook_head_index={self.head} needs a per-head activation [..., n_heads, d_head]; "
-                    f"{self.sae.cfg.hook_name!r} has shape {list(act.shape)}",
+                    f"{self.hook_name!r} has shape {list(act.shape)}",
                     field="hook_head_index",
                 )
             x = x[..., self.head, :]
@@ -187,11 +268,11 @@ class _Site:
             x = x.flatten(-2)  # [..., n_heads, d_head] -> [..., n_heads * d_head]
         if x.shape[-1] != width:
             raise ConfigError(
-                f"the activation at {self.sae.cfg.hook_name!r} has shape {list(act.shape)}, which does not "
+                f"the activation at {self.hook_name!r} has shape {list(act.shape)}, which does not "
                 f"fit this SAE's width {width}",
                 field="d_in",
             )
-        return x.to(self.sae.device)
+        return x.to(device) if device is not None else x
 
     def write(self, act: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """``act`` with the SAE-space tensor ``new`` put back in its place, in ``act``'s dtype and device."""
@@ -203,7 +284,7 @@ class _Site:
         return new.reshape(act.shape)
 
 
-def _reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor, state: Any) -> torch.Tensor:
+def reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor, state: Any) -> torch.Tensor:
     """``decode(f)`` plus the skip connection: equals ``sae(x)`` when ``f == sae.encode(x)``.
 
     ``state`` is what the ``encode`` call that produced ``f`` recorded (per-token normalisation statistics),
@@ -215,35 +296,38 @@ def _reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor, state: Any) -> torc
     return out
 
 
+# ----------------------------------------------------------------------------------------------- splice hooks
+
+
 def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
     """The hooks that implement a splice: one per SAE, two for a transcoder (read input, write output)."""
     hooks: list[tuple[str, Callable[..., Any]]] = []
     for key, sae in handle.saes.items():
-        site = _Site(sae)
+        site = Site.of(sae)
 
         def encode_decode(act: torch.Tensor, key: str = key, sae: SAE = sae,
-                          site: _Site = site) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          site: Site = site) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """SAE input, reconstruction from the (possibly edited) features, clean reconstruction."""
-            x = site.read(act, sae.cfg.d_in)
+            x = site.read(act, sae.cfg.d_in, sae.device)
             f = sae.encode(x)
             state = sae._last_input_state
             edit = handle.edits.get(key)
             if edit is None:
                 handle.features[key] = f
-                recon = _reconstruct(sae, x, f, state)
+                recon = reconstruct(sae, x, f, state)
                 return x, recon, recon
             f_edit = f.clone()
             result = edit(f_edit)
             f_edit = result if result is not None else f_edit
             handle.features[key] = f_edit
-            recon = _reconstruct(sae, x, f_edit, state)
-            clean = _reconstruct(sae, x, f, state) if handle.use_error_term else recon
+            recon = reconstruct(sae, x, f_edit, state)
+            clean = reconstruct(sae, x, f, state) if handle.use_error_term else recon
             return x, recon, clean
 
         if not sae.cfg.is_transcoder:
 
             def replace(act: torch.Tensor, hook: Any, encode_decode: Callable[..., Any] = encode_decode,
-                        site: _Site = site) -> torch.Tensor:
+                        site: Site = site) -> torch.Tensor:
                 x, recon, clean = encode_decode(act)
                 if handle.use_error_term:
                     # The error is measured against the *clean* reconstruction, so edits still move the
@@ -263,7 +347,7 @@ def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
 
         def write_output(act: torch.Tensor, hook: Any,
                          pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = pending,
-                         site: _Site = site, sae: SAE = sae) -> torch.Tensor:
+                         site: Site = site, sae: SAE = sae) -> torch.Tensor:
             if "out" not in pending:
                 raise ConfigError(
                     f"the transcoder's output hook {sae.cfg.hook_name_out!r} fired before its input hook "
@@ -272,7 +356,7 @@ def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
                 )
             recon, clean = pending.pop("out")
             if handle.use_error_term:
-                y = site.read(act, int(sae.cfg.d_out or sae.cfg.d_in))
+                y = site.read(act, int(sae.cfg.d_out or sae.cfg.d_in), sae.device)
                 recon = recon.float() + (y.float() - clean.float()).detach()
             return site.write(act, recon)
 
@@ -314,7 +398,7 @@ def splice(model: Any, saes: SAEs, *, use_error_term: bool = False,
     unknown = set(handle.edits) - set(named)
     if unknown:
         raise ConfigError(f"edits for unknown SAE key(s) {sorted(unknown)}; keys are {sorted(named)}")
-    with _hooks_attached(model, _splice_hooks(handle)):
+    with hooks_attached(model, _splice_hooks(handle)):
         yield handle
 
 
@@ -373,12 +457,12 @@ def run_with_saes(
         waiting = set(named)
         hooks: list[tuple[str, Callable[..., Any]]] = []
         for key, sae in named.items():
-            site = _Site(sae)
+            site = Site.of(sae)
             use_topk = sparse and sae.cfg.architecture == "topk"
 
-            def read(act: torch.Tensor, hook: Any, key: str = key, sae: SAE = sae, site: _Site = site,
+            def read(act: torch.Tensor, hook: Any, key: str = key, sae: SAE = sae, site: Site = site,
                      use_topk: bool = use_topk) -> None:
-                x = site.read(act, sae.cfg.d_in)
+                x = site.read(act, sae.cfg.d_in, sae.device)
                 if use_topk:
                     feats[key] = sae.encode_topk(x)
                 else:
@@ -386,16 +470,16 @@ def run_with_saes(
                     feats[key] = f.to_sparse().coalesce() if sparse else f
                 waiting.discard(key)
                 if stop_early and not waiting:
-                    raise _StopForward
+                    raise StopForward
 
             hooks.append((str(sae.cfg.hook_name), read))
 
         logits: torch.Tensor | None = None
-        with _hooks_attached(model, hooks):
+        with hooks_attached(model, hooks):
             try:
                 out = model(tokens)
                 logits = None if stop_early else out
-            except _StopForward:
+            except StopForward:
                 pass
         _check_fired(named, sorted(waiting))
         return logits, feats

@@ -1,14 +1,19 @@
-"""Where training activations come from: a live TransformerLens model, or an on-disk cache of one model pass.
+"""Where training activations come from: an in-memory tensor, any iterable of batches, a live TransformerLens
+model, or an on-disk cache of one model pass.
 
-Both are *activation sources*, the one protocol the trainer consumes (:class:`ActivationSource`): attributes
-``d_in``, ``hook_name``, ``model_name`` and a method ``batches(batch_size, *, seed, rank=0, world_size=1,
-start=0)`` yielding float tensors ``[batch_size, d_in]``. Three promises hold for every source here, because
-checkpoint resume and data-parallel training are built on them:
+The trainer consumes one protocol, the *activation source* (:class:`ActivationSource`): attributes ``d_in``,
+``hook_name``, ``model_name`` and a method ``batches(batch_size, *, seed, rank=0, world_size=1, start=0)``
+yielding float tensors ``[batch_size, d_in]``. :func:`source_from` turns what ``train_sae`` accepts into one:
+a tensor becomes a :class:`TensorSource`, an iterable of batches (a DataLoader, a generator) an in-order
+source, and a source stays itself. Three promises hold for :class:`TensorSource`,
+:class:`ModelActivationSource` and :class:`ActivationCache` (and, for an iterable, as far as re-reading it gives
+the same batches), because checkpoint resume and data-parallel training are built on them:
 
 * **Deterministic**: the stream is a pure function of ``(data, seed, rank, world_size)`` and the source's
   construction arguments.
 * **Disjoint ranks**: rank ``r`` of ``world_size`` reads its own slice of the data (whole contexts for the
-  model source, whole blocks of tokens for the cache); the union over ranks is the single-rank data.
+  model source, whole blocks of tokens for the cache, a slice of each global batch for tensors and iterables);
+  the union over ranks is the single-rank data.
 * **Exact resume**: ``batches(..., start=n)`` yields exactly what the ``n+1``-th and later batches of
   ``batches(..., start=0)`` would have been (bit for bit: the model runs on the same token chunks).
 
@@ -24,16 +29,16 @@ an attention sink whose activations are outliers an SAE should not spend capacit
 window are ordinary tokens and stay.
 
 transformer_lens / transformers / datasets are never imported here: models and datasets bring their own
-classes, so ``import sae_hub`` stays light.
+classes, so ``import sae_hub`` stays light. Models are run only through :mod:`sae_hub.splicing`'s seams
+(:func:`~sae_hub.splicing.run_to_hooks`, :func:`~sae_hub.splicing.model_device`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -51,15 +56,19 @@ from sae_hub.files import (
     write_json_atomic,
     write_safetensors_atomic,
 )
-from sae_hub.splicing import _hooks_attached, _StopForward
+from sae_hub.splicing import model_device, run_to_hooks
 
 __all__ = [
     "ActivationCache",
     "ActivationSource",
     "ModelActivationSource",
+    "TensorSource",
     "as_source",
     "cache_activations",
     "pack_tokens",
+    "source_from",
+    "source_rows",
+    "source_width",
 ]
 
 MANIFEST_FILENAME = "manifest.json"
@@ -88,7 +97,7 @@ def as_source(obj: Any) -> ActivationSource:
     """``obj`` if it follows the :class:`ActivationSource` protocol, else a :class:`ConfigError` saying why.
 
     Tensors and plain iterables of batches are not sources (they have no seed, rank or resume position); the
-    trainer accepts those itself.
+    trainer wraps those itself (:func:`source_from`).
     """
     if isinstance(obj, ActivationSource) and callable(getattr(obj, "batches", None)):
         d_in = obj.d_in
@@ -103,6 +112,137 @@ def as_source(obj: Any) -> ActivationSource:
         f"{', '.join(missing) or 'a callable batches'}; a tensor [N, d_in] or an iterable of batches can be "
         "passed to train_sae / evaluate directly"
     )
+
+
+# ------------------------------------------------------------------------------------------ in-memory data
+
+
+def _as_tensor(batch: Any) -> torch.Tensor:
+    """A batch as a [rows, d] tensor: tuple/list -> first element; dict -> "activations" or "x"."""
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    elif isinstance(batch, dict):
+        batch = batch["activations"] if "activations" in batch else batch["x"]
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"expected batches of tensors, got {type(batch).__name__}")
+    return batch.reshape(-1, batch.shape[-1])
+
+
+class TensorSource:
+    """An in-memory ``[N, d_in]`` tensor as an activation source: reshuffled every epoch from ``seed``.
+
+    Global batch ``j`` is rows ``[j·G, (j+1)·G)`` of epoch ``j // (N // G)``'s permutation (G = the global
+    batch); rank ``r`` of ``world_size`` takes its ``r``-th slice. So the ranks' batches are disjoint, their union
+    is the single-process batch, and ``start`` (batches already consumed) resumes exactly. A final partial batch
+    of an epoch is dropped.
+    """
+
+    def __init__(self, data: torch.Tensor, *, hook_name: str | None = None, model_name: str | None = None,
+                 context_size: int | None = None, prepend_bos: bool | None = None, skip_bos: bool | None = None,
+                 dataset_path: str | None = None) -> None:
+        self.data = data.reshape(-1, data.shape[-1])
+        self.d_in = int(self.data.shape[1])
+        # what the rows are, if the caller knows: recorded in the trained SAE's config (see ActivationSource)
+        self.hook_name = hook_name
+        self.model_name = model_name
+        self.context_size = context_size
+        self.prepend_bos = prepend_bos
+        self.skip_bos = skip_bos
+        self.dataset_path = dataset_path
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> Iterator[torch.Tensor]:
+        per_epoch = len(self) // (batch_size * world_size)
+        if per_epoch == 0:
+            raise ValueError(f"{len(self)} rows cannot fill one global batch of {batch_size * world_size}")
+        j, perm_epoch, perm = start, -1, torch.empty(0, dtype=torch.long)
+        while True:
+            epoch, within = divmod(j, per_epoch)
+            if epoch != perm_epoch:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                perm, perm_epoch = torch.randperm(len(self), generator=g).to(self.data.device), epoch
+            lo = (within * world_size + rank) * batch_size
+            yield self.data[perm[lo:lo + batch_size]]
+            j += 1
+
+
+class _IterableSource:
+    """Any iterable of batches (a DataLoader, a generator) as a source.
+
+    Read in order, never shuffled; batches are re-cut to the requested size. ``start`` re-reads and drops the
+    batches already consumed (so resuming re-skips them), and with several ranks every rank reads the whole
+    iterable and keeps its own slice of each global batch: prefer a real source for data-parallel runs.
+    """
+
+    def __init__(self, iterable: Iterable[Any], d_in: int | None = None) -> None:
+        self.iterable = iterable
+        self.d_in = d_in
+
+    def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> Iterator[torch.Tensor]:
+        del seed  # in order, by definition
+        for i, xb in enumerate(_rebatch(map(_as_tensor, self.iterable), batch_size * world_size)):
+            if i >= start:
+                yield xb[rank * batch_size:(rank + 1) * batch_size]
+
+
+def _rebatch(chunks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Concatenate/split a stream of [rows, d] chunks into [size, d] batches (a chunk of the right size passes
+    through untouched); a final partial batch is dropped."""
+    pending: list[torch.Tensor] = []
+    have = 0
+    for chunk in chunks:
+        if not pending and chunk.shape[0] == size:
+            yield chunk
+            continue
+        pending.append(chunk)
+        have += chunk.shape[0]
+        while have >= size:
+            cat = torch.cat(pending) if len(pending) > 1 else pending[0]
+            yield cat[:size]
+            rest = cat[size:]
+            pending, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+
+
+def source_from(activations: Any, d_in: int | None = None) -> Any:
+    """What ``train_sae`` accepts, as a source: a tensor ``[..., d_in]`` -> :class:`TensorSource`; an object with
+    ``batches`` -> itself; any other iterable of batches -> an in-order source (``d_in`` its width, when known).
+
+    Unlike :func:`as_source` (which checks the protocol), this accepts data that is not a source yet.
+    """
+    if isinstance(activations, torch.Tensor):
+        return TensorSource(activations)
+    if callable(getattr(activations, "batches", None)):
+        return activations
+    if isinstance(activations, Iterable):
+        return _IterableSource(activations, d_in)
+    raise TypeError(f"cannot train on {type(activations).__name__}: give a tensor, an iterable of batches, "
+                    "or an activation source with .batches(batch_size, seed=, rank=, world_size=, start=)")
+
+
+def source_width(source: Any) -> int | None:
+    """``d_in`` of a source from :func:`source_from`; for a re-iterable iterable, the width of its first batch
+    (peeking consumes nothing); ``None`` for a one-shot iterator (reading it would consume a batch)."""
+    if getattr(source, "d_in", None):
+        return int(source.d_in)
+    it = getattr(source, "iterable", None)
+    if it is not None and iter(it) is not it:  # re-iterable: peeking does not consume anything
+        return int(_as_tensor(next(iter(it))).shape[-1])
+    return None
+
+
+def source_rows(source: Any) -> int | None:
+    """Activation rows in one pass over a source from :func:`source_from`, where known without reading it: a
+    :class:`TensorSource`'s length, or the length of the dataset under a DataLoader; else ``None``."""
+    if isinstance(source, TensorSource):
+        return len(source)
+    dataset = getattr(getattr(source, "iterable", None), "dataset", None)  # a DataLoader over a sized dataset
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    return None
 
 
 # ------------------------------------------------------------------------------------------ small helpers
@@ -125,13 +265,6 @@ def _check_stream_args(batch_size: int, rank: int, world_size: int, start: int) 
         raise ConfigError(f"start must be a non-negative int, got {start!r}", field="start")
 
 
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device(getattr(getattr(model, "cfg", None), "device", None) or "cpu")
-
-
 def _model_name(model: Any) -> str | None:
     name = getattr(getattr(model, "cfg", None), "model_name", None)
     return str(name) if name is not None else None
@@ -143,36 +276,6 @@ def _special_ids(model: Any) -> tuple[int | None, int | None]:
     bos = getattr(tok, "bos_token_id", None)
     eos = getattr(tok, "eos_token_id", None)
     return bos, eos if eos is not None else bos
-
-
-def _run_to_hooks(model: Any, tokens: torch.Tensor, hook_names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """One forward pass of ``tokens``, cut as soon as every hook in ``hook_names`` has fired.
-
-    The cut raises from the last hook to fire (as :func:`sae_hub.splicing.run_with_saes` does), which works on
-    TransformerLens 3 and 4 alike and costs only the layers up to the deepest hook. Returns the raw hook
-    activations (``[batch, pos, ...]``, still inference tensors when called under ``inference_mode``).
-    """
-    names = list(dict.fromkeys(hook_names))
-    acts: dict[str, torch.Tensor] = {}
-    waiting = set(names)
-
-    def capture(name: str) -> Any:
-        def hook(act: torch.Tensor, hook: Any) -> None:
-            acts[name] = act
-            waiting.discard(name)
-            if not waiting:
-                raise _StopForward
-
-        return hook
-
-    with _hooks_attached(model, [(n, capture(n)) for n in names]), contextlib.suppress(_StopForward):
-        model(tokens.to(_model_device(model)))
-    if waiting:
-        raise ConfigError(
-            f"hook(s) {sorted(waiting)} never fired during the forward pass: this model does not call them",
-            field="hook_name",
-        )
-    return acts
 
 
 def _flat_positions(act: torch.Tensor, skip_first: bool) -> torch.Tensor:
@@ -369,13 +472,13 @@ class ModelActivationSource:
         self.buffer_tokens = int(buffer_tokens)
         self.model_batch_size = int(model_batch_size)
         self.dtype = dtype_from_str(dtype) if dtype is not None else None
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.tokens_per_context = self.context_size - (1 if self.skip_bos else 0)
         # Probe one token: validates the hook name now (not mid-training) and learns d_in and the hook's shape.
         bos, sep = _special_ids(model)
         probe = torch.tensor([[bos if bos is not None else (sep or 0)]], dtype=torch.long)
         with torch.inference_mode():
-            act = _run_to_hooks(model, probe, [hook_name])[hook_name]
+            act = run_to_hooks(model, probe, [hook_name])[hook_name]
         self.activation_shape: tuple[int, ...] = tuple(act.shape[2:])  # per token, before flattening
         self._act_dtype = act.dtype  # the buffer keeps what the model gives; batches are cast to ``dtype``
         self.d_in: int = math.prod(self.activation_shape)
@@ -409,7 +512,7 @@ class ModelActivationSource:
         Copied out of inference mode so the trainer can use them in autograd (as inputs).
         """
         with torch.inference_mode():
-            act = _run_to_hooks(self.model, chunk, [str(self.hook_name)])[str(self.hook_name)]
+            act = run_to_hooks(self.model, chunk, [str(self.hook_name)])[str(self.hook_name)]
         return _flat_positions(act, self.skip_bos).to(self.device, copy=True)
 
     def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
@@ -643,7 +746,7 @@ def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str],
             if not group:
                 break
             with torch.inference_mode():
-                acts = _run_to_hooks(model, torch.stack(group), hooks)
+                acts = run_to_hooks(model, torch.stack(group), hooks)
             take = min(len(group) * (ctx_size - (1 if skip else 0)), n_tokens - written - n_held)
             for h in hooks:
                 shapes.setdefault(h, tuple(acts[h].shape[2:]))

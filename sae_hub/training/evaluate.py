@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from sae_hub.errors import ConfigError
 from sae_hub.metrics import FiringTracker, FVUAccumulator
-from sae_hub.splicing import _hooks_attached, _reconstruct, _Site, splice
-from sae_hub.training.activations import ActivationSource, _model_device, _run_to_hooks, pack_tokens
+from sae_hub.splicing import Site, hooks_attached, model_device, reconstruct, run_to_hooks, splice
+from sae_hub.training.activations import ActivationSource, pack_tokens
 
 if TYPE_CHECKING:
     from sae_hub.sae import SAE
@@ -109,7 +109,7 @@ class _ReconstructionStats:
 def _encode_decode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and reconstruction (``decode(encode(x))`` plus any skip connection) of ``x [N, d_in]``."""
     f = sae.encode(x)
-    return f, _reconstruct(sae, x, f, sae._last_input_state)
+    return f, reconstruct(sae, x, f, sae._last_input_state)
 
 
 def _flat_input(sae: SAE, x: torch.Tensor, width: int) -> torch.Tensor:
@@ -177,12 +177,13 @@ def _kl(clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (clean_logp.exp() * (clean_logp - other)).sum(-1)
 
 
-def _replace_hook(site: _Site, width: int, value: Callable[[torch.Tensor], torch.Tensor],
-                  keep_first: bool) -> Callable[..., torch.Tensor]:
-    """A hook replacing the SAE's slice of the activation by ``value(slice)``, position 0 kept if asked."""
+def _replace_hook(site: Site, width: int, value: Callable[[torch.Tensor], torch.Tensor],
+                  keep_first: bool, device: torch.device) -> Callable[..., torch.Tensor]:
+    """A hook replacing the SAE's slice of the activation by ``value(slice)`` (computed on ``device``, the SAE's),
+    position 0 kept if asked."""
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        current = site.read(act, width)
+        current = site.read(act, width, device)
         new = value(current).to(current.dtype).expand_as(current).clone()
         if keep_first:
             new[:, :1] = current[:, :1]
@@ -213,8 +214,8 @@ def _spliced(model: Any, sae: SAE, keep_first: bool) -> Iterator[None]:
         out[:, :1] = saved["first"].to(out.dtype)
         return out
 
-    with _hooks_attached(model, [(hook_name, save)]), splice(model, sae), \
-            _hooks_attached(model, [(hook_name, restore)]):
+    with hooks_attached(model, [(hook_name, save)]), splice(model, sae), \
+            hooks_attached(model, [(hook_name, restore)]):
         yield
 
 
@@ -231,7 +232,7 @@ def _evaluate_on_model(sae: SAE, model: Any, dataset: Any, *, n_tokens: int, con
     if not contexts:
         raise ConfigError(f"the dataset gave no complete context of {context_size} tokens")
     chunks = torch.stack(contexts).split(model_batch_size)
-    site = _Site(sae)
+    site = Site.of(sae)
     stats = _ReconstructionStats(sae, dense_threshold)
     target_sum = torch.zeros(d_out, dtype=torch.float64, device=sae.device)
     bar = None
@@ -243,9 +244,9 @@ def _evaluate_on_model(sae: SAE, model: Any, dataset: Any, *, n_tokens: int, con
     # Pass 1, cut after the hooks: reconstruction metrics, and the mean activation for mean-ablation.
     for tokens in chunks:
         with torch.inference_mode():
-            acts = _run_to_hooks(model, tokens, [in_hook, out_hook])
-            x = site.read(acts[in_hook], d_in)
-            y = site.read(acts[out_hook], d_out) if out_hook != in_hook else x
+            acts = run_to_hooks(model, tokens, [in_hook, out_hook])
+            x = site.read(acts[in_hook], d_in, sae.device)
+            y = site.read(acts[out_hook], d_out, sae.device) if out_hook != in_hook else x
             if skip:
                 x, y = x[:, 1:], y[:, 1:]
             x, y = x.reshape(-1, d_in), y.reshape(-1, d_out)
@@ -263,19 +264,19 @@ def _evaluate_on_model(sae: SAE, model: Any, dataset: Any, *, n_tokens: int, con
 
     # Pass 2, full forwards: clean, SAE spliced, zero- and mean-ablated.
     mean_act = (target_sum / stats.n).float()
-    zero_hook = _replace_hook(site, d_out, torch.zeros_like, skip)
-    mean_hook = _replace_hook(site, d_out, lambda cur: mean_act.to(cur.device), skip)
+    zero_hook = _replace_hook(site, d_out, torch.zeros_like, skip, sae.device)
+    mean_hook = _replace_hook(site, d_out, lambda cur: mean_act.to(cur.device), skip, sae.device)
     runs: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
         "sae": lambda: _spliced(model, sae, skip),
-        "zero_ablation": lambda: _hooks_attached(model, [(out_hook, zero_hook)]),
-        "mean_ablation": lambda: _hooks_attached(model, [(out_hook, mean_hook)]),
+        "zero_ablation": lambda: hooks_attached(model, [(out_hook, zero_hook)]),
+        "mean_ablation": lambda: hooks_attached(model, [(out_hook, mean_hook)]),
     }
     ce_sum = dict.fromkeys(["clean", *runs], 0.0)
     kl_sum = dict.fromkeys(runs, 0.0)
     n_pred = n_pos = 0
     for tokens in chunks:
         with torch.inference_mode():
-            device_tokens = tokens.to(_model_device(model))
+            device_tokens = tokens.to(model_device(model))
             logits = model(device_tokens)
             ce_sum["clean"] += float(_ce_per_token(logits, tokens).double().sum())
             clean_logp = logits.float().log_softmax(-1)

@@ -1,0 +1,145 @@
+"""``TrainConfig``: every knob of a training run and its per-architecture default, in one place.
+
+Its own module so that the CLI, checkpoints (which store ``to_dict()`` and compare a resumed run against it)
+and the trainer share one definition, and so that ``trainer.py`` starts with the step rather than the knobs.
+Validation happens at construction (``__post_init__``: a bad value is a :class:`~sae_hub.errors.ConfigError`
+naming the field); defaults that depend on the data or on each other are filled in by :meth:`TrainConfig.resolved`.
+The defaults and their precedents are tabulated in ``docs/training.md#trainer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sae_hub.errors import ConfigError
+
+__all__ = ["ARCHITECTURES", "TrainConfig"]
+
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``None`` fields get the per-architecture defaults of :meth:`resolved`.
+
+    ``batch_size`` is the *global* batch (tokens per optimiser step); with ``world_size`` data-parallel ranks each
+    reads ``batch_size / world_size`` of them. Length is ``steps``, or ``total_tokens / batch_size``, or for a
+    tensor (or a DataLoader over a sized dataset) one pass over it.
+    """
+
+    architecture: str = "topk"
+    d_in: int | None = None  # None: from the activations (tensor width, source.d_in)
+    d_sae: int = 16384
+    k: int | None = 32  # topk / batchtopk: latents per token (batchtopk: on average)
+    l1_coefficient: float = 5.0  # relu: λ of Σ f_j·‖W_dec_j‖ (Anthropic's scale for E‖x‖ = √d_in)
+    l0_coefficient: float = 1.0  # jumprelu: λ of the L0 penalty (against the summed squared error)
+    # optimisation
+    lr: float | None = None  # None: topk/batchtopk 2e-4/√(d_sae/2¹⁴) (Gao et al.), relu 5e-5, jumprelu 7e-5
+    lr_warmup_steps: int | None = None  # None: min(1000, steps // 10)
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over this final fraction of the steps
+    sparsity_warmup_steps: int | None = None  # relu/jumprelu λ ramps up linearly; None: 5% of the steps
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = None  # None: 1.0 for relu (Anthropic), no clipping otherwise
+    batch_size: int = 4096
+    steps: int | None = None
+    total_tokens: int | None = None
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda if available (cuda:LOCAL_RANK under torchrun), else cpu
+    dtype: str = "float32"  # master weights and optimiser state
+    encoder_bf16: bool = False  # topk/batchtopk: encoder GEMM in bf16 (fp32 master weights, fp32 everything else)
+    # initialisation
+    decoder_init_norm: float | None = None  # None: 0.1 for relu (Anthropic), 1.0 (unit rows) otherwise
+    b_dec_init: str = "mean"  # "mean" | "geometric_median" | "zeros", of the init sample
+    init_tokens: int = 32768  # sample for b_dec, the input-norm constant and the loss's variance
+    normalize_activations: bool = True  # scale inputs by a constant to E‖x‖ = √d_in; folded at save
+    apply_b_dec_to_input: bool = True  # encoder reads x − b_dec (OpenAI/sparsify/SAELens)
+    # dead latents (topk / batchtopk)
+    auxk_alpha: float = 1 / 32
+    k_aux: int | None = None  # None: d_in // 2
+    dead_window_tokens: int = 10_000_000  # dead = no firing in this many tokens (also reported)
+    # batchtopk
+    batchtopk_max_per_token: int | None = None  # selection cap per token per step; None: 4k (0: exact, slow on CPU)
+    batchtopk_save_as: str = "jumprelu"  # "jumprelu" (threshold calibrated on held-out tokens) | "topk"
+    calibration_tokens: int = 16384
+    # jumprelu
+    # jumprelu, in units of the pre-activations of normalised inputs (E‖x‖ = √d_in); the paper's 0.001 is for
+    # inputs on another scale. Tuned on the synthetic benchmark.
+    jumprelu_bandwidth: float = 0.1
+    jumprelu_init_threshold: float = 0.5
+    # bookkeeping
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0  # steps; 0: no periodic checkpoints
+    keep_checkpoints: int = 2
+    output_dir: str | None = None  # final SAE (native format); None: <checkpoint_dir>/final if checkpointing
+    log_every: int = 100
+    distributed: bool = False  # also on automatically under torchrun (RANK / WORLD_SIZE set)
+    # Metadata recorded in the SAE's config, for data that does not carry it (tensors, iterables); None: from the
+    # activation source when it knows it, else left unknown. A value contradicting the source's is refused, except
+    # model_name / dataset_path, which may rename (say, a Hub id for a model booted from a local folder).
+    model_name: str | None = None
+    hook_name: str | None = None
+    dataset_path: str | None = None
+    context_size: int | None = None  # tokens per context the activations were computed in
+    prepend_bos: bool | None = None  # whether each context started with BOS
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}",
+                              field="architecture")
+        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= self.d_sae):
+            raise ConfigError(f"{self.architecture} needs 0 < k <= d_sae, got k={self.k}", field="k")
+        for name in ("d_sae", "batch_size", "init_tokens", "calibration_tokens", "dead_window_tokens"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive", field=name)
+        if self.b_dec_init not in ("mean", "geometric_median", "zeros"):
+            raise ConfigError(f"unknown b_dec_init {self.b_dec_init!r}", field="b_dec_init")
+        if self.batchtopk_save_as not in ("jumprelu", "topk"):
+            raise ConfigError(f"batchtopk_save_as must be 'jumprelu' or 'topk', got {self.batchtopk_save_as!r}",
+                              field="batchtopk_save_as")
+        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+
+    def resolved(self, **known: Any) -> TrainConfig:
+        """A copy with every ``None`` default filled in (``known`` supplies d_in / steps from the data)."""
+        c = dataclasses.replace(self, **{k: v for k, v in known.items() if getattr(self, k) is None})
+        if c.d_in is None:
+            raise ConfigError("set d_in: the width of a one-shot iterable cannot be read without consuming it",
+                              field="d_in")
+        if c.steps is None:
+            raise ConfigError("the run length is unknown: give steps or total_tokens", field="steps")
+        if c.lr is None:
+            c.lr = {"relu": 5e-5, "jumprelu": 7e-5}.get(c.architecture, 2e-4 / math.sqrt(c.d_sae / 2**14))
+        if c.lr_warmup_steps is None:
+            c.lr_warmup_steps = min(1000, c.steps // 10)
+        if c.sparsity_warmup_steps is None:
+            c.sparsity_warmup_steps = c.steps // 20
+        if c.max_grad_norm is None and c.architecture == "relu":
+            c.max_grad_norm = 1.0
+        if c.decoder_init_norm is None:
+            c.decoder_init_norm = 0.1 if c.architecture == "relu" else 1.0
+        if c.k_aux is None:
+            c.k_aux = max(1, c.d_in // 2)
+        if c.batchtopk_max_per_token is None:
+            c.batchtopk_max_per_token = 4 * (c.k or 1)
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-serialisable dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise (a typo must not silently use a default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s) {unknown}", field=unknown[0])
+        d = dict(d)
+        if "adam_betas" in d:
+            d["adam_betas"] = tuple(d["adam_betas"])
+        return cls(**d)
