@@ -17,6 +17,9 @@ Canonical semantics (every loader converts into exactly this; see ``docs/formats
 Shapes: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out], threshold [d_sae],
 W_skip [d_out, d_in]. Thresholds and top-k selection are decided in float32 whatever the weight dtype,
 because bf16 rounding can flip ``z > threshold``.
+
+Training restates this computation in ``sae_hub/training/kernels.py`` (used by ``training/trainer.py``), for speed:
+the encoder stored transposed (``W_encT = W_enc.T``) and TopK's backward touching only the selected latents.
 """
 
 from __future__ import annotations
