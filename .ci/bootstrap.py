@@ -3,8 +3,9 @@
 
 Usage (from the repository root, with nothing but Python >= 3.10):
 
-    python3 .ci/bootstrap.py demo    # create .venv, install sae-hub, run `sae-hub demo`
-    python3 .ci/bootstrap.py test    # create .venv, install sae-hub[test], run ruff and pytest
+    python3 .ci/bootstrap.py demo    # create .venv, install sae-hub[analysis], run `sae-hub demo`
+    python3 .ci/bootstrap.py test    # create .venv, install sae-hub[test], run ruff and pytest; then the
+                                     # SAELens compat suite in .venv-compat and the core-only suite in .venv-core
 
 Torch is installed first, pinned to 2.13.0, when the environment has none: an unpinned ``torch``
 requirement would pull the newest CUDA build (several GB). If the Python running this script already
@@ -45,6 +46,27 @@ def has_torch(python: str | Path) -> bool:
 # that SAELens loads what sae-hub saves and that splicing works on a TransformerLens 3 HookedTransformer.
 COMPAT_VENV = Path(os.environ.get("SAE_HUB_COMPAT_VENV", ROOT / ".venv-compat"))
 COMPAT_REQUIREMENTS = ("sae-lens==6.54.12", "pytest>=8")
+
+
+# A third environment with sae-hub's core dependencies only (`pip install .`, no extras): tests/core_only proves that
+# a loader-only user can load every format, list releases and fetch configs, and that each optional feature names
+# the extra to install. Never created with the system site-packages: a package there would fake an extra.
+CORE_VENV = Path(os.environ.get("SAE_HUB_CORE_VENV", ROOT / ".venv-core"))
+CORE_REQUIREMENTS = ("pytest>=8",)
+
+
+def core_job_plan() -> dict[str, object]:
+    """What the core-only job installs and runs (tests/test_extras.py checks it).
+
+    pytest runs through the environment's ``pytest`` script, not ``python -m pytest``: ``-m`` puts the working
+    directory (the checkout, with its own ``sae_hub/``) first on ``sys.path``, and the test would exercise the
+    checkout instead of the installed wheel. ``SAE_HUB_CORE_ONLY=installed`` makes a skip there a failure and
+    checks that ``sae_hub`` comes from site-packages.
+    """
+    bindir = CORE_VENV / ("Scripts" if os.name == "nt" else "bin")
+    return {"venv": CORE_VENV, "install": ["."], "requirements": list(CORE_REQUIREMENTS),
+            "env": {"SAE_HUB_CORE_ONLY": "installed"},
+            "command": [bindir / "pytest", "-q", "-p", "no:cacheprovider", "tests/core_only"]}
 
 
 def pip_sources() -> list[str]:
@@ -89,24 +111,48 @@ def installer(py: Path) -> list[str | Path]:
     return [uv, "pip", "install", "--quiet", "--python", py, *pip_sources()]
 
 
-def ensure_venv(extras: str, *, venv_dir: Path = VENV, extra_requirements: tuple[str, ...] = ()) -> Path:
+def ensure_venv(extras: str, *, venv_dir: Path = VENV, extra_requirements: tuple[str, ...] = (),
+                editable: bool = True, isolated: bool = False) -> Path:
+    """Create ``venv_dir`` if needed and install sae-hub with ``extras`` into it (editable unless told otherwise).
+
+    ``isolated`` never shares the system site-packages (its torch included: the pinned one is installed).
+    A non-editable install is rebuilt from the checkout every time (uv would otherwise reuse a cached build of an
+    unchanged pyproject.toml and test stale code).
+    """
     py = venv_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
     if not py.exists():
-        system_torch = has_torch(sys.executable)
-        print(f"creating {venv_dir} (system torch {'found, kept' if system_torch else 'absent'})", flush=True)
+        system_torch = has_torch(sys.executable) and not isolated
+        print(f"creating {venv_dir} (system torch {'found, kept' if system_torch else 'not used'})", flush=True)
         venv.EnvBuilder(with_pip=True, system_site_packages=system_torch).create(venv_dir)
     pip = installer(py)
     if not has_torch(py):
         run(*pip, TORCH_PIN)
-    run(*pip, *extra_requirements, "-e", f".[{extras}]" if extras else ".")
+    target = f".[{extras}]" if extras else "."
+    if editable:
+        run(*pip, *extra_requirements, "-e", target)
+    elif Path(str(pip[0])).name == "uv":
+        run(*pip, "--reinstall-package", "sae-hub", *extra_requirements, target)
+    else:
+        run(*pip, *extra_requirements, target)
+        run(*pip, "--force-reinstall", "--no-deps", target)
     return py
+
+
+def core_job() -> None:
+    """Build .venv-core (core dependencies + pytest) and run tests/core_only there; prints how long each took."""
+    plan = core_job_plan()
+    t0 = time.time()
+    ensure_venv("", venv_dir=CORE_VENV, extra_requirements=CORE_REQUIREMENTS, editable=False, isolated=True)
+    t1 = time.time()
+    run(*plan["command"], env={**os.environ, **plan["env"]})  # type: ignore[misc, dict-item]
+    print(f"core-only env: installed in {t1 - t0:.0f} s, tests in {time.time() - t1:.0f} s", flush=True)
 
 
 def main() -> int:
     job = sys.argv[1] if len(sys.argv) > 1 else "test"
     start = time.time()
     if job == "demo":
-        py = ensure_venv("")
+        py = ensure_venv("analysis")  # plotly for the demo's HTML report
         run(py, "-m", "sae_hub.cli", "demo", *sys.argv[2:])
     elif job == "test":
         py = ensure_venv("test")
@@ -116,6 +162,7 @@ def main() -> int:
         if not sys.argv[2:]:
             compat = ensure_venv("", venv_dir=COMPAT_VENV, extra_requirements=COMPAT_REQUIREMENTS)
             run(compat, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/compat")
+            core_job()
     else:
         print(f"unknown job {job!r}; use 'demo' or 'test'", file=sys.stderr)
         return 2

@@ -18,13 +18,13 @@ def load_model(name: str, device: str | None = None) -> Any:
 
     Needs the ``lens`` extra (transformer-lens); without it, MissingDependencyError names the extra.
     """
-    from sae_hub.extras import require
+    from sae_hub.extras import MissingDependencyError, require
 
     tl = require("transformer_lens", extra="lens", purpose="loading a model")
     try:
-        from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:  # TransformerLens 3: no bridge
+        bridge = require("transformer_lens.model_bridge", extra="lens")
+    except MissingDependencyError:  # TransformerLens 3: no bridge
         return tl.HookedTransformer.from_pretrained(name, device=device or "cpu")
-    model = TransformerBridge.boot_transformers(name, device=device or "cpu")
+    model = bridge.TransformerBridge.boot_transformers(name, device=device or "cpu")
     model.enable_compatibility_mode()
     return model
