@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import torch
+    from huggingface_hub import HfApi, ModelCardData
 
     from sae_hub.config import SAEConfig
     from sae_hub.loading import Loader
@@ -109,6 +110,25 @@ def _offline(local_files_only: bool | None) -> bool:
     import huggingface_hub.constants as c
 
     return bool(c.HF_HUB_OFFLINE)
+
+
+def _library() -> dict[str, str]:
+    """``library_name``/``library_version`` for every huggingface_hub call that takes them.
+
+    The client puts them first in the User-Agent of each request (``sae-hub/0.1.0; hf_hub/...``); that is how the
+    Hub attributes downloads and traffic to a library, and how a Hub admin can tell our requests apart. Without
+    them every request reads ``unknown/None``.
+    """
+    from sae_hub import __version__
+
+    return {"library_name": "sae-hub", "library_version": __version__}
+
+
+def _hf_api(token: str | None = None) -> HfApi:
+    """An ``HfApi`` whose every request carries our User-Agent (see :func:`_library`)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token, **_library())
 
 
 def _join(prefix: str, name: str) -> str:
@@ -179,7 +199,7 @@ def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) 
     try:
         if any(_GLOB.search(w) for w in wanted):
             root = snapshot_download(src.repo_id, revision=src.revision, allow_patterns=wanted,
-                                     local_files_only=offline, force_download=force)
+                                     local_files_only=offline, force_download=force, **_library())
             local_root = Path(root)
             for f in sorted(local_root.rglob("*")):
                 rel = f.relative_to(local_root).as_posix()
@@ -189,7 +209,7 @@ def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) 
             for name in wanted:
                 try:
                     got = Path(hf_hub_download(src.repo_id, name, revision=src.revision, local_files_only=offline,
-                                               force_download=force))
+                                               force_download=force, **_library()))
                 except LocalEntryNotFoundError as e:
                     if offline:
                         continue  # not cached: if the loader needs it, it says which file is missing
@@ -315,10 +335,8 @@ def _evict(link: Path) -> bool:
 def _remote_hashes(src: _Source, names: list[str]) -> dict[str, tuple[str, str]]:
     """The Hub's own hashes of ``names`` from the repo tree ({name: ("sha256" | "git-sha1", hex)}), for files
     whose cached name is not a hash (a mirror with other ETags, or a cache that copies instead of linking)."""
-    from huggingface_hub import HfApi
-
     try:
-        infos = HfApi().get_paths_info(src.repo_id, names, revision=src.commit or src.revision,  # type: ignore[arg-type]
+        infos = _hf_api().get_paths_info(src.repo_id, names, revision=src.commit or src.revision,  # type: ignore[arg-type]
                                        repo_type=src.repo_type)
     except Exception as e:
         raise _wrap_hub_error(e, src, names[0], offline=False) from e
@@ -442,10 +460,8 @@ def _candidate_loaders(src: _Source, offline: bool) -> list[Loader]:
     _discover()
     if offline:
         return list(_LOADERS.values())
-    from huggingface_hub import HfApi
-
     try:
-        names = HfApi().list_repo_files(src.repo_id, revision=src.revision)  # type: ignore[arg-type]
+        names = _hf_api().list_repo_files(src.repo_id, revision=src.revision)  # type: ignore[arg-type]
     except Exception as e:
         raise _wrap_hub_error(e, src, src.path or None, offline=False) from e
     prefix = "" if src.path in ("", ".") else src.path.rstrip("/") + "/"
@@ -694,7 +710,7 @@ def fetch_hub_file(repo_id: str, filename: str, *, repo_type: str | None = None,
     src = _Source(repo_id=repo_id, local_root=None, path=filename, format=None, revision=revision,
                   repo_type=repo_type)
     try:
-        got = Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision))
+        got = Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, **_library()))
     except Exception as e:
         raise _wrap_hub_error(e, src, filename, offline=offline) from e
     src.commit = got.parents[len(Path(filename).parts) - 1].name
@@ -716,12 +732,12 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
     """
     import struct
 
-    from huggingface_hub import HfApi, HfFileSystem, hf_hub_download
+    from huggingface_hub import HfFileSystem, hf_hub_download
 
     assert src.repo_id is not None
     prefix = "" if src.path in ("", ".") else src.path.rstrip("/") + "/"
     try:
-        listing = HfApi().list_repo_files(src.repo_id, revision=src.revision)
+        listing = _hf_api().list_repo_files(src.repo_id, revision=src.revision)
     except Exception as e:
         raise _wrap_hub_error(e, src, src.path or None, offline=False) from e
     names = [n for n in listing if n.startswith(prefix) and loader.matching_files([n[len(prefix):]])]
@@ -729,13 +745,17 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
         return None
     tmp = tempfile.TemporaryDirectory(prefix="sae-hub-config-")
     fs = HfFileSystem(skip_instance_cache=True)
+    # HfFileSystem takes no library_name; its requests (repo info, range reads) are built by its own HfApi. This
+    # instance is fresh (skip_instance_cache), so setting them there touches no filesystem anyone else holds.
+    for key, value in _library().items():
+        setattr(fs._api, key, value)
     name = names[0]
     try:
         for name in names:
             dest = Path(tmp.name) / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not name.endswith(".safetensors"):
-                got = Path(hf_hub_download(src.repo_id, name, revision=src.revision))
+                got = Path(hf_hub_download(src.repo_id, name, revision=src.revision, **_library()))
                 src.commit = got.parents[len(Path(name).parts) - 1].name
                 _verify_fetched(src, [(name, got)], offline=False)  # a config file is checked like any other
                 dest.write_bytes(got.read_bytes())
@@ -798,55 +818,247 @@ def _remote_safetensors_header(f: Any, size: int, where: str) -> tuple[int, byte
     return n, raw, header
 
 
-def model_card(sae: SAE, repo_id: str) -> str:
-    """README.md for an uploaded SAE: ``library_name: sae-hub`` front matter, what it is, how to load it."""
-    c = sae.cfg
-    tags = ["sae-hub", "sparse-autoencoder", f"sae-{c.architecture}"]
-    if c.is_transcoder:
+_HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+_CARD_START = "<!-- sae-hub: the SAEs in this repo; push_to_hub rewrites this section, edit outside it -->"
+_CARD_END = "<!-- /sae-hub -->"
+_MAX_CARD_BYTES = 16 << 20  # a model card larger than this is not one; never read it into memory
+_NATIVE_LAYOUT = ("Saved in the SAELens 6 layout (`cfg.json` + `sae_weights.safetensors`): it also loads with "
+                  "`sae_lens.SAE.load_from_disk`.")
+
+
+def _one_line(value: object) -> str:
+    """``value`` on one Markdown line: line breaks and other control characters become a space (a newline in a
+    hook name would otherwise end a heading or a table row)."""
+    return _CONTROL.sub(" ", str(value)).strip()
+
+
+def _code(value: object, *, cell: bool = False) -> str:
+    """``value`` as an inline code span that shows it verbatim (a name may hold ``*``, ``#``, ``_``...), fenced by
+    more backticks than it contains. In a table cell its ``|`` are escaped: GFM splits cells before code spans."""
+    text = _one_line(value)
+    if not text:
+        return "—"
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    span = f"{fence}{pad}{text}{pad}{fence}"
+    return span.replace("|", "\\|") if cell else span
+
+
+def _cell(value: object) -> str:
+    """A plain table cell: one line, ``|`` escaped."""
+    return _one_line(value).replace("|", "\\|")
+
+
+def _python_block(code: str) -> str:
+    """A fenced python block whose fence is longer than any backtick run in ``code`` (a repr can hold some)."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", code)), default=0) + 1)
+    return f"{fence}python\n{code}\n{fence}"
+
+
+def _usage(repo_id: str, path: str) -> str:
+    return _python_block(f"from sae_hub import SAE\n\nsae = SAE.from_pretrained({repo_id!r}, {path!r})")
+
+
+def _sae_tags(cfg: SAEConfig) -> list[str]:
+    tags = ["sae-hub", "sparse-autoencoder", f"sae-{cfg.architecture}"]
+    if cfg.is_transcoder:
         tags.append("transcoder")
-    lines = ["---", "library_name: sae-hub", "tags:"] + [f"- {t}" for t in tags]
-    if c.model_name and "/" in c.model_name:
-        lines.append(f"base_model: {c.model_name}")
-    if c.license:
-        lines.append(f"license: {c.license}")
-    lines += ["---", "", f"# {c.architecture} SAE on {c.model_name or 'a model'} at `{c.hook_name or '?'}`", "",
-              "| field | value |", "|---|---|"]
-    rows = {"architecture": c.architecture, "d_in": c.d_in, "d_sae": c.d_sae, "k": c.k, "model": c.model_name,
-            "hook": c.hook_name, "hook (output)": c.hook_name_out if c.is_transcoder else None,
-            "dtype": c.dtype, "context size": c.context_size, "dataset": c.dataset_path}
-    lines += [f"| {k} | {v} |" for k, v in rows.items() if v is not None]
+    return tags
+
+
+def _base_model(cfg: SAEConfig) -> str | None:
+    """The model name as ``base_model`` only when it is a namespaced Hub model id (``org/name``): the Hub links
+    and validates that field, and TransformerLens names (``gpt2-small``) or free text are not repos."""
+    name = cfg.model_name
+    if name and _HUB_MODEL_ID.fullmatch(name) and ".." not in name and "--" not in name:
+        return name
+    return None
+
+
+def _card_data(cfg: SAEConfig) -> ModelCardData:
+    """The card's front matter, built by huggingface_hub (which quotes whatever YAML needs quoted)."""
+    from huggingface_hub import ModelCardData
+
+    return ModelCardData(library_name="sae-hub", tags=_sae_tags(cfg), base_model=_base_model(cfg),
+                         license=cfg.license or None)
+
+
+def model_card(sae: SAE, repo_id: str, path_in_repo: str | None = None) -> str:
+    """README.md for one uploaded SAE: front matter (``library_name: sae-hub``, tags, ``base_model``, license),
+    what it is, a table of facts, training metrics if any, and the ``from_pretrained`` call that loads it.
+
+    Built with ``huggingface_hub.ModelCard``/``ModelCardData`` rather than joined strings: the front matter is YAML
+    the Hub parses for the model page, and a model named ``my-org/model: v2`` written as-is made it invalid (the
+    page then has no metadata at all). Names shown in the Markdown are put on one line and in code spans, so a
+    hook name holding a newline, ``|``, ``#`` or backticks cannot break the heading or the table.
+    """
+    from huggingface_hub import ModelCard
+
+    c = sae.cfg
+    model = _code(c.model_name) if c.model_name else "a model"
+    hook = _code(c.hook_name) if c.hook_name else "an unnamed hook"
+    kind = "transcoder" if c.is_transcoder else "sparse autoencoder (SAE)"
+    lines = [f"# {c.architecture} SAE on {model} at {hook}", "",
+             f"A {c.architecture} {kind} on the activations of {model} at {hook}"
+             + (f", predicting {_code(c.hook_name_out)}" if c.is_transcoder and c.hook_name_out else "")
+             + f": {c.d_in} inputs, {c.d_sae} features. Uploaded with sae-hub.", "",
+             "| field | value |", "|---|---|"]
+    rows: dict[str, object] = {
+        "architecture": c.architecture, "d_in": c.d_in, "d_sae": c.d_sae, "k": c.k,
+        "model": _code(c.model_name, cell=True) if c.model_name else None,
+        "hook": _code(c.hook_name, cell=True) if c.hook_name else None,
+        "hook (output)": _code(c.hook_name_out, cell=True) if c.is_transcoder and c.hook_name_out else None,
+        "dtype": _cell(c.dtype), "context size": c.context_size,
+        "dataset": _code(c.dataset_path, cell=True) if c.dataset_path else None}
+    lines += [f"| {key} | {value} |" for key, value in rows.items() if value is not None]
     metrics = c.extra.get("metrics")
     if isinstance(metrics, dict) and metrics:
         lines += ["", "## Training metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += ["", "## Usage", "", "```python", "from sae_hub import SAE", "",
-              f"sae = SAE.from_pretrained({repo_id!r}, '.')", "```", "",
-              "Saved in the SAELens 6 layout (`cfg.json` + `sae_weights.safetensors`): it also loads with "
-              "`sae_lens.SAE.load_from_disk`.", ""]
-    return "\n".join(lines)
+        lines += [f"| {_cell(k)} | {v:.4g} |" if isinstance(v, float) else f"| {_cell(k)} | {_cell(v)} |"
+                  for k, v in metrics.items()]
+    lines += ["", "## Usage", "", _usage(repo_id, path_in_repo.strip("/") if path_in_repo else "."), "",
+              _NATIVE_LAYOUT, ""]
+    return str(ModelCard(f"---\n{_card_data(c).to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def _listing_row(sae: SAE, path: str) -> str:
+    c = sae.cfg
+    return (f"| {_code(path, cell=True)} | {c.architecture} | {c.d_in} → {c.d_sae} | "
+            f"{_code(c.hook_name or '', cell=True)} | {_code(c.model_name or '', cell=True)} |")
+
+
+def _listing(rows: list[str], repo_id: str, path: str) -> str:
+    """The section of the root card that sae-hub owns: one table row per SAE folder, and how to load one."""
+    return "\n".join([
+        _CARD_START, "## SAEs in this repository", "",
+        "| path | architecture | d_in → d_sae | hook | model |", "|---|---|---|---|---|", *rows, "",
+        "Load one by its path:", "", _usage(repo_id, path), "", _NATIVE_LAYOUT, _CARD_END])
+
+
+def root_card(existing: str | None, sae: SAE, repo_id: str, path_in_repo: str, *,
+              where: str = "README.md") -> str:
+    """The repo's root README.md after uploading ``sae`` to ``path_in_repo`` (the many-SAEs-per-repo layout).
+
+    With no card yet, a new one lists this SAE. With one, everything its owner wrote is kept: the front matter
+    gains our tags (a union; ``library_name``, ``base_model`` and ``license`` are filled only where empty, as they
+    are the owner's call) and the section between sae-hub's markers gets this SAE's row (replacing the row of the
+    same path, so a re-upload is not listed twice); a card without that section gets it appended. A card whose
+    front matter is not valid YAML is a :class:`CorruptFileError` (``where``, field ``front matter``) rather than
+    being overwritten: it is someone's text.
+    """
+    from huggingface_hub import ModelCard
+
+    path = path_in_repo.strip("/")
+    row = _listing_row(sae, path)
+    key = row.split(" | ", 1)[0] + " |"
+    if existing is None:
+        name = _one_line(repo_id.rsplit("/", 1)[-1])
+        card = ModelCard(f"---\n{_card_data(sae.cfg).to_yaml()}\n---\n\n# {name}\n\nSparse autoencoders (SAEs) "
+                         "uploaded with sae-hub, one folder each.\n\n")
+    else:
+        try:
+            card = ModelCard(existing)
+        except Exception as e:  # yaml.YAMLError, or ValueError for metadata that is not a mapping
+            raise CorruptFileError(f"the repo's model card cannot be merged: its front matter is not valid card "
+                                   f"metadata ({type(e).__name__}: {_one_line(e)}); fix or remove it, nothing was "
+                                   "uploaded", path=where, field="front matter") from None
+        data = card.data
+        tags = data.tags if isinstance(data.tags, list) else [data.tags] if data.tags else []
+        data.tags = list(dict.fromkeys([*(str(t) for t in tags), *_sae_tags(sae.cfg)]))
+        data.library_name = data.library_name or "sae-hub"
+        data.base_model = data.base_model or _base_model(sae.cfg)
+        data.license = data.license or sae.cfg.license or None
+    newline = "\r\n" if "\r\n" in card.text else "\n"
+    text = card.text.replace("\r\n", "\n")
+    start = text.find(_CARD_START)
+    end = text.find(_CARD_END, start) if start >= 0 else -1
+    rows: list[str] = []
+    if end >= 0:
+        block = text[start:end].split("\n")
+        if (sep := next((i for i, line in enumerate(block) if line.startswith("|---")), None)) is not None:
+            for line in block[sep + 1:]:
+                if not line.startswith("|"):
+                    break
+                rows.append(line)
+        before, after = text[:start], text[end + len(_CARD_END):]
+    else:
+        before, after = text.rstrip("\n") + "\n\n", "\n"
+    same = [i for i, line in enumerate(rows) if line.startswith(key)]
+    if same:
+        rows[same[0]] = row
+        rows = [line for i, line in enumerate(rows) if i not in same[1:]]
+    else:
+        rows.append(row)
+    card.text = (before + _listing(rows, repo_id, path) + after).replace("\n", newline)
+    return str(card)
+
+
+def _read_card(api: HfApi, repo_id: str, commit: str) -> str | None:
+    """The repo's README.md at ``commit`` as text, or None if it has none."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    where = f"hf://{repo_id}/README.md"
+    try:
+        path = Path(api.hf_hub_download(repo_id, "README.md", revision=commit))
+    except EntryNotFoundError as e:
+        if not isinstance(e, LocalEntryNotFoundError):
+            return None
+        raise DownloadError(f"could not read the repo's model card to add this SAE to it: {_cause(e)}",
+                            path=where) from e
+    except Exception as e:
+        raise DownloadError(f"could not read the repo's model card to add this SAE to it: {_cause(e)}",
+                            path=where) from e
+    if path.stat().st_size > _MAX_CARD_BYTES:
+        raise CorruptFileError(f"the repo's model card is {path.stat().st_size} bytes, over the "
+                               f"{_MAX_CARD_BYTES >> 20} MiB a card can be; nothing was uploaded", path=where)
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"the repo's model card is not UTF-8 ({e.reason} at byte {e.start}); nothing was "
+                               "uploaded", path=where, field="encoding") from None
 
 
 def push_to_hub(sae: SAE, repo_id: str, path_in_repo: str | None = None, *, revision: str | None = None,
                 private: bool | None = None, commit_message: str | None = None, token: str | None = None,
                 sparsity: torch.Tensor | None = None) -> str:
-    """Upload ``sae`` in the native format plus a model card; returns the commit URL/oid."""
-    from huggingface_hub import HfApi
+    """Upload ``sae`` in the native format plus a model card, in one commit; returns the commit URL.
 
-    api = HfApi(token=token)
+    Without ``path_in_repo`` the SAE is the repo and README.md is its card (:func:`model_card`). With it (many
+    SAEs per repo) the root README.md is written or merged (:func:`root_card`) so the repo page lists every SAE
+    pushed there. The merge reads the card at the branch head and commits on top of that exact commit, so an
+    upload that lands in between is never overwritten: this one fails and can simply be repeated.
+    """
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = _hf_api(token)
+    prefix = (path_in_repo or "").strip("/")
+    parent: str | None = None
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        existing = None
+        if prefix:
+            parent = api.repo_info(repo_id, revision=revision).sha
+            existing = _read_card(api, repo_id, parent) if parent else None
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             sae.save_pretrained(folder, sparsity=sparsity)
-            if not path_in_repo:
-                (folder / "README.md").write_text(model_card(sae, repo_id), encoding="utf-8")
-            info = api.upload_folder(
-                repo_id=repo_id, folder_path=os.fspath(folder), path_in_repo=path_in_repo or "",
-                revision=revision,
-                commit_message=commit_message or f"Upload {sae.cfg.architecture} SAE with sae-hub",
-            )
+            card = (root_card(existing, sae, repo_id, prefix, where=f"hf://{repo_id}/README.md") if prefix
+                    else model_card(sae, repo_id))
+            ops = [CommitOperationAdd(path_in_repo=_join(prefix, f.relative_to(folder).as_posix()),
+                                      path_or_fileobj=os.fspath(f))
+                   for f in sorted(folder.rglob("*")) if f.is_file()]
+            ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+            info = api.create_commit(repo_id, operations=ops, revision=revision, parent_commit=parent,
+                                     commit_message=commit_message or f"Upload {sae.cfg.architecture} SAE with sae-hub")
     except SaeHubError:
         raise
+    except HfHubHTTPError as e:
+        if parent is not None and getattr(e.response, "status_code", None) == 412:
+            raise DownloadError("upload refused: the repo changed while its model card was being merged (another "
+                                "upload?); nothing was written, push again", path=f"hf://{repo_id}") from e
+        raise DownloadError(f"upload failed: {type(e).__name__}: {e}", path=f"hf://{repo_id}") from e
     except Exception as e:
         raise DownloadError(f"upload failed: {type(e).__name__}: {e}", path=f"hf://{repo_id}") from e
     return str(getattr(info, "commit_url", info))

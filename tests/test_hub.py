@@ -338,3 +338,49 @@ def test_registry_override_contradicting_the_weights_names_the_yaml_file(hub, tm
     with pytest.raises(RegistryError, match="d_sae=32.*W_enc") as e:
         SAE.from_pretrained("test-gpt2-res", "narrow")
     assert e.value.path == str(path) and e.value.field is not None and e.value.field.endswith(".config")
+
+
+def test_every_hub_request_names_sae_hub_in_the_user_agent(hub, tmp_path):
+    """The Hub counts downloads and attributes traffic by the ``<library>/<version>`` User-Agent prefix; every
+    request sae-hub makes (downloads, listings, tree hashes, header range reads, registry files, uploads) carries
+    ``sae-hub/<version>``, not huggingface_hub's ``unknown/None``."""
+    from safetensors.torch import save_file
+
+    seed(hub)
+    seed(hub, "org/direct")
+    add_release()
+    g = torch.Generator().manual_seed(0)
+    save_file({"w_enc": torch.randn(8, 32, generator=g), "w_dec": torch.randn(32, 8, generator=g),
+               "b_enc": torch.zeros(32), "b_dec": torch.zeros(8), "threshold": torch.rand(32, generator=g)},
+              tmp_path / "params.safetensors")
+    hub.add_file("google/gs2-ua", "l5/params.safetensors", (tmp_path / "params.safetensors").read_bytes())
+    sae_hub.registry.add({"releases": [{"name": "gs2-ua", "model": "gemma-3-1b", "repo_id": "google/gs2-ua",
+                                        "format": "gemma-scope-2", "saes": [{"id": "l5", "path": "l5"}]}]})
+    torch.save({"encoder_linear.weight": torch.randn(32, 8), "encoder_linear.bias": torch.zeros(32),
+                "decoder_linear.weight": torch.randn(8, 32), "decoder_linear.bias": torch.zeros(8)},
+               tmp_path / "gf.pth")
+    hub.add_file("org/gf", "sae/gf.pth", (tmp_path / "gf.pth").read_bytes())
+    hub.add_file("lab/registry", "registry.yaml",
+                 b"releases:\n  - {name: hub-rel, model: gpt2, repo_id: lab/saes, format: saelens, saes: [{id: a}]}\n")
+    hub.reset_log()
+
+    SAE.from_pretrained("test-gpt2-res", "layer_3/topk")                     # hf_hub_download
+    SAE.from_pretrained("org/direct", "blocks.3/jumprelu")                  # listing + detection
+    SAE.get_config("test-gpt2-res", "layer_3/jumprelu")                     # config files only
+    SAE.get_config("gs2-ua", "l5")                                          # HfFileSystem range reads
+    SAE.from_pretrained("org/gf", "sae", format="goodfire")                 # snapshot_download (glob patterns)
+    hub.wrong_etag("blocks.3/topk/cfg.json", etag="mirror-etag", method="HEAD")
+    SAE.from_pretrained("org/direct", "blocks.3/topk", force_download=True) # hash from the repo tree
+    assert sae_hub.registry.add("hf://lab/registry/registry.yaml") == ["hub-rel"]  # hub.fetch_hub_file
+    sae = SAE(SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2, model_name="gpt2", hook_name="h"))
+    sae.push_to_hub("me/ua-sae")                                             # create_repo, preupload, commit
+    sae.push_to_hub("me/ua-sae", "layer/x")                                  # + the root card merge
+
+    requests = hub.requests
+    kinds = {(r.method, "range" if "range" in r.headers else "") for r in requests if "/resolve/" in r.path}
+    assert kinds >= {("HEAD", ""), ("GET", ""), ("GET", "range")}
+    for needed in ("/tree/", "/paths-info/", "/preupload/", "/commit/", "/api/repos/create", "/revision/"):
+        assert any(needed in r.path for r in requests), needed
+    agents = {r.headers.get("user-agent", "") for r in requests}
+    assert all(a.startswith(f"sae-hub/{sae_hub.__version__};") for a in agents), agents
+    assert not hub.errors
