@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.parser
+import re
 import subprocess
 import sys
 import zipfile
@@ -43,14 +45,20 @@ def test_loaders_and_registry_import_from_any_directory():
     assert out.stdout.strip() == "ok", out.stderr
 
 
-@pytest.mark.slow
-def test_wheel_contains_loaders_registry_yaml_and_py_typed(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel ``pip wheel .`` builds from the checkout (no dependencies fetched, the installed setuptools)."""
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-         str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
         check=True, capture_output=True,
     )
-    (wheel,) = tmp_path.glob("sae_hub-*.whl")
+    (built,) = out.glob("sae_hub-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_wheel_contains_loaders_registry_yaml_and_py_typed(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     yaml_in_repo = sorted(p.name for p in (ROOT / "registry").glob("*.yaml"))
     loaders_in_repo = sorted(p.name for p in (ROOT / "loaders").glob("*.py"))
@@ -67,6 +75,64 @@ def test_wheel_contains_loaders_registry_yaml_and_py_typed(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sae-hub = sae_hub.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     assert not [n for n in names if n.startswith(("tests/", "loaders/", "registry/"))]
+
+
+def _metadata(wheel: Path) -> email.message.Message:
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return email.parser.Parser().parsestr(z.read(name).decode())
+
+
+def _requires(meta: email.message.Message) -> tuple[set[str], dict[str, set[str]]]:
+    """Core requirement names, and each extra's requirement names with ``sae-hub[x]`` self-references expanded."""
+    from packaging.requirements import Requirement
+
+    core: set[str] = set()
+    direct: dict[str, list[Requirement]] = {e: [] for e in meta.get_all("Provides-Extra")}
+    for line in meta.get_all("Requires-Dist"):
+        req = Requirement(line)
+        if req.marker is None:
+            core.add(req.name)
+            continue
+        (extra,) = re.findall(r'extra == "([^"]+)"', str(req.marker))
+        direct[extra].append(req)
+
+    def expand(extra: str) -> set[str]:
+        names: set[str] = set()
+        for req in direct[extra]:
+            names |= set().union(*(expand(e) for e in req.extras)) if req.name == "sae-hub" else {req.name}
+        return names
+
+    return core, {e: expand(e) for e in direct}
+
+
+@pytest.mark.slow
+def test_wheel_metadata_is_complete_and_the_extras_are_split(wheel):
+    meta = _metadata(wheel)
+    init = (ROOT / "sae_hub" / "__init__.py").read_text()
+    assert meta["Version"] == re.search(r'^__version__ = "([^"]+)"', init, re.M).group(1)  # the one source
+    assert meta["Name"] == "sae-hub" and meta["Requires-Python"] == ">=3.10"
+    assert meta["License-Expression"] == "MIT" and meta.get_all("License-File") == ["LICENSE"]
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in zipfile.ZipFile(wheel).namelist())
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+    assert {"Homepage", "Source", "Issues", "Documentation"} <= set(urls)
+    assert all(u.startswith("https://") for u in urls.values())
+    classifiers = meta.get_all("Classifier")
+    assert "Typing :: Typed" in classifiers and "Programming Language :: Python :: 3 :: Only" in classifiers
+    assert not [c for c in classifiers if c.startswith("License ::")]  # PEP 639: the SPDX expression instead
+    assert "sparse autoencoder" in meta["Keywords"] and meta["Author"] and meta["Summary"]
+
+    core, extras = _requires(meta)
+    assert core == {"torch", "huggingface-hub", "safetensors", "pyyaml", "msgspec", "tqdm", "numpy"}
+    assert extras["analysis"] == {"plotly", "requests", "pandas"}
+    assert extras["lens"] == {"transformer-lens", "transformers", "datasets"}
+    assert extras["train"] == extras["lens"] | {"scipy"}
+    assert extras["all"] == extras["analysis"] | extras["train"]
+    assert extras["test"] >= extras["all"] | {"pytest"}
+
+    from sae_hub.extras import EXTRAS  # the table the import helper's messages come from says the same
+
+    assert {e: set(d) for e, d in EXTRAS.items()} == {e: extras[e] for e in EXTRAS}
 
 
 def test_cli_help_and_one_line_errors():
