@@ -87,10 +87,11 @@ def write_report(sae: Any, data: Any, path: Path, sae_dir: Path) -> Path:
     import torch
 
     from sae_hub.analysis.feature_stats import read_sparsity
-    from sae_hub.analysis.plots import _go, density_histogram
+    from sae_hub.analysis.plots import density_histogram
+    from sae_hub.extras import require
     from sae_hub.training.synthetic import max_cosine
 
-    go = _go()
+    go = require("plotly.graph_objects", extra="analysis", purpose="the demo's report")
     density = read_sparsity(sae_dir)
     figs = []
     if density is not None:

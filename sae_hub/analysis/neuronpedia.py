@@ -86,12 +86,11 @@ def feature(sae: SAE | str, j: int, *, base_url: str | None = None, timeout: flo
     reuse connections across many calls. Raises :class:`NeuronpediaError` on any failure, naming the URL.
     """
     from sae_hub.extras import require
-    from sae_hub.sae import SAE
 
     requests = require("requests", extra="analysis", purpose="Neuronpedia look-ups")
 
-    if isinstance(sae, SAE):
-        np_id = sae.cfg.neuronpedia_id
+    if not isinstance(sae, str) and hasattr(sae, "cfg"):  # an SAE, by duck type: importing sae_hub.sae here would
+        np_id = sae.cfg.neuronpedia_id                      # close an import cycle (sae -> hub -> ... -> here)
         if not np_id:
             raise ConfigError("this SAE has no neuronpedia_id (load it from a registry release that lists one, "
                               "or set cfg.neuronpedia_id)", field="neuronpedia_id")
