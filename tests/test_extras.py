@@ -31,7 +31,7 @@ BLOCKER = ROOT / "tests" / "core_only" / "blocker"
 OPTIONAL = ("plotly", "requests", "pandas", "transformer_lens", "transformers", "datasets", "nnsight", "scipy",
             "tokenizers", "kaleido", "wandb")
 # Import sites in files another helper is restructuring; the lead applies require() there afterwards.
-PENDING = {("sae_hub/training/synthetic.py", "scipy")}
+PENDING: set[tuple[str, str]] = set()
 
 
 # ------------------------------------------------------------------------------------------- require()

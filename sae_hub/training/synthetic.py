@@ -182,12 +182,11 @@ def mcc(decoder: torch.Tensor, features: torch.Tensor) -> float:
     """Mean cosine of a one-to-one (Hungarian) matching of true features to decoder rows.
 
     Unlike MMCS, one latent cannot stand in for two features. Needs scipy (``linear_sum_assignment``), an
-    optional dependency: raises ImportError naming it when missing.
+    optional dependency (extra ``train``): raises MissingDependencyError naming it when missing.
     """
-    try:
-        from scipy.optimize import linear_sum_assignment
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("mcc needs scipy (pip install scipy)") from e
+    from sae_hub.extras import require
+
+    linear_sum_assignment = require("scipy.optimize", extra="train", purpose="mcc").linear_sum_assignment
     dec = torch.nn.functional.normalize(decoder.detach().double().cpu(), dim=-1)
     feats = torch.nn.functional.normalize(features.detach().double().cpu(), dim=-1)
     sim = (feats @ dec.T).numpy()
