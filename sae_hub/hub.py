@@ -1034,6 +1034,7 @@ def push_to_hub(sae: SAE, repo_id: str, path_in_repo: str | None = None, *, revi
 
     api = _hf_api(token)
     prefix = (path_in_repo or "").strip("/")
+    prefix = "" if prefix == "." else prefix  # "." is the root, as in the usage line of a root SAE's card
     parent: str | None = None
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)

@@ -199,3 +199,13 @@ def test_an_upload_landing_during_the_merge_is_never_overwritten(hub) -> None:
     assert "other/cfg.json" in files and not any(p.startswith("b/") for p in files)
     _sae().push_to_hub("me/many", "b")  # repeated: merged on top of the other upload
     assert "`b`" in hub.files("me/many")["README.md"].decode()
+
+
+def test_path_in_repo_dot_is_the_repo_root(hub) -> None:
+    """``"."`` (what the usage line of a root SAE says) uploads to the root with the SAE's own card, not a listing."""
+    _sae().push_to_hub("me/dot", "./")
+    files = hub.files("me/dot")
+    assert {"cfg.json", "sae_weights.safetensors", "README.md"} <= set(files)
+    card = files["README.md"].decode()
+    assert "| field | value |" in card and "SAEs in this repository" not in card
+    assert _usage_calls(card) == [("me/dot", ".")]
