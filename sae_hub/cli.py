@@ -120,7 +120,7 @@ def _list(args: argparse.Namespace) -> int:
             for sae_id in releases.list_saes(name):
                 print(f"{name}\t{sae_id}")
         return 0
-    table = releases._TABLE.get()
+    table = releases.release_table()
     width = max((len(n) for n in names), default=0)
     for name in names:
         rel = table[name]

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from sae_hub.errors import ConfigError, UnknownArchitectureError
 
-__all__ = ["ARCHITECTURES", "NORMALIZATIONS", "Provenance", "SAEConfig"]
+__all__ = ["ARCHITECTURES", "NORMALIZATIONS", "Provenance", "SAEConfig", "param_shapes"]
 
 Architecture = Literal["relu", "jumprelu", "topk", "gated"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -468,3 +468,25 @@ def _normalise_pre6(d: dict[str, Any], path: str | None = None) -> dict[str, Any
     if out.get("reshape_activations") is None:
         out["reshape_activations"] = "hook_z" if "hook_z" in str(out.get("hook_name") or "") else "none"
     return out
+
+
+def param_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors an SAE with this config owns, and their shapes: the one source loaders validate against.
+
+    Here, beside the config, rather than in :mod:`sae_hub.sae`: the loader registry checks release-table
+    overrides against the weights with it, and must not import the SAE module (which imports it).
+    """
+    shapes: dict[str, tuple[int, ...]] = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "W_dec": (cfg.d_sae, cfg.d_out or cfg.d_in),
+        "b_dec": (cfg.d_out or cfg.d_in,),
+    }
+    if cfg.architecture == "gated":
+        shapes.update(b_gate=(cfg.d_sae,), r_mag=(cfg.d_sae,), b_mag=(cfg.d_sae,))
+    else:
+        shapes["b_enc"] = (cfg.d_sae,)
+    if cfg.architecture == "jumprelu":
+        shapes["threshold"] = (cfg.d_sae,)
+    if cfg.has_skip:
+        shapes["W_skip"] = (cfg.d_out or cfg.d_in, cfg.d_in)
+    return shapes

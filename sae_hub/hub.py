@@ -1,10 +1,17 @@
-"""The one place that talks to the Hugging Face Hub: ``from_pretrained``, ``get_config``, ``push_to_hub``.
+"""The one place that talks to the Hugging Face Hub: fetching an SAE's files (:func:`fetch`), one other file
+(:func:`fetch_hub_file`), and uploading a saved folder with its model card (:func:`push_folder`).
+
+The hub returns files; the SAE builds itself. Like ``huggingface_hub``'s ``ModelHubMixin``, the model class owns
+``from_pretrained``/``push_to_hub`` and this module never needs the model: ``SAE.from_pretrained`` is
+:func:`sae_hub.releases.locate` (where, before any I/O) -> :func:`fetch` (download and verify) ->
+:func:`sae_hub.loading.load_local` -> ``SAE.from_state_dict``, the same tail as ``SAE.load_from_disk``;
+``SAE.push_to_hub`` saves into a temporary folder and hands it to :func:`push_folder`.
 
 Every byte goes through ``huggingface_hub`` (its cache, revisions, ``HF_ENDPOINT`` mirrors, ``HF_HUB_OFFLINE``,
 progress bars and tokens); there is no hand-written HTTP. Only the files the format needs are fetched: a
-registry release names its format, so its loader's file patterns decide what is downloaded; a bare repo id is
-listed once and the format detected from the names present. With ``local_files_only=True`` or
-``HF_HUB_OFFLINE=1`` a cached load makes no HTTP request at all.
+release names its format, so its loader's file patterns decide what is downloaded; a bare repo id is listed
+once, only the files some format could read are fetched, and the format is detected once, on those files.
+With ``local_files_only=True`` or ``HF_HUB_OFFLINE=1`` a cached load makes no HTTP request at all.
 
 Every file the cache hands us is checked before a loader reads it. ``huggingface_hub`` names a cached blob by
 the ETag the server *sent*, not by the bytes it received, so a blob name proves nothing until the bytes have
@@ -25,37 +32,36 @@ import json
 import os
 import re
 import tempfile
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_hub.errors import (
-    ConfigError,
     CorruptFileError,
     DownloadError,
     FormatDetectionError,
     IntegrityError,
     MissingFileError,
-    RegistryError,
     SaeHubError,
-    UnknownReleaseError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from typing import Protocol
 
-    import torch
     from huggingface_hub import HfApi, ModelCardData
 
     from sae_hub.config import SAEConfig
     from sae_hub.loading import Loader
-    from sae_hub.releases import Release, SAEEntry
-    from sae_hub.sae import SAE
+    from sae_hub.releases import Source
 
-__all__ = ["from_pretrained", "get_config", "push_to_hub"]
+    class HasConfig(Protocol):
+        """An SAE, as the card functions see it."""
 
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+        cfg: SAEConfig
+
+__all__ = ["Fetched", "fetch", "fetch_hub_file", "model_card", "push_folder", "root_card"]
+
 _GLOB = re.compile(r"[*?\[]")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -64,44 +70,28 @@ _MARKERS = ".sae_hub_verified"  # inside a cached repo folder, beside blobs/ (hu
 
 
 @dataclass
-class _Source:
-    """Where an SAE's files live: a Hub repo (+ folder/file inside it) or a local folder, and its format."""
+class Fetched:
+    """What :func:`fetch` got: the SAE's local file or folder (``path``) and format, and the record of every
+    file taken from the HF cache, which the context evicts if the loader finds one unreadable.
+
+    ``files`` becomes the config's provenance (``hf://repo@commit/name`` and the sha256 verified or computed);
+    ``config_only`` says ``path`` holds only the format's config files (read it with
+    :func:`sae_hub.loading.load_local_config`).
+    """
 
     repo_id: str | None
-    local_root: Path | None
-    path: str
-    format: str | None
     revision: str | None = None
-    release: Release | None = None
-    entry: SAEEntry | None = None
-    files: list[dict[str, str]] = field(default_factory=list)
-    #: Files this load took from the HF cache: (path in the repo, snapshot path, sha256 checked or computed).
-    fetched: list[tuple[str, Path, str]] = field(default_factory=list)
-    commit: str | None = None
     repo_type: str | None = None  # None: a model repo (SAEs); "dataset" etc. only for fetch_hub_file
-
-    @property
-    def label(self) -> str:
-        where = self.repo_id or str(self.local_root)
-        return f"{where}/{self.path}" if self.path not in ("", ".") else where
-
-
-def _resolve(release: str, sae_id: str, revision: str | None, format: str | None) -> _Source:
-    from sae_hub import releases
-
-    try:
-        rel, entry = releases.resolve(release, sae_id)
-    except UnknownReleaseError:
-        table = releases._TABLE.get()
-        known_repo = any(r.repo_id == release for r in table.values())
-        if known_repo or not _REPO_ID.match(release) or release in table:
-            raise
-        return _Source(repo_id=release, local_root=None, path=sae_id.strip("/"), format=format, revision=revision)
-    return _Source(
-        repo_id=rel.repo_id, local_root=Path(rel.local_path) if rel.local_path else None,
-        path=entry.path.strip("/"), format=format or rel.format, revision=revision or rel.revision,
-        release=rel, entry=entry,
-    )
+    label: str = ""
+    path: Path = field(default_factory=Path)
+    format: str = ""
+    config_only: bool = False
+    commit: str | None = None
+    files: list[dict[str, str]] = field(default_factory=list)
+    #: Files this fetch took from the HF cache: (path in the repo, snapshot path, sha256 checked or computed).
+    fetched: list[tuple[str, Path, str]] = field(default_factory=list)
+    #: The folder the loader reads that ``fetched`` names are relative to (a snapshot, or a header stub).
+    root: Path | None = None
 
 
 def _offline(local_files_only: bool | None) -> bool:
@@ -131,10 +121,6 @@ def _hf_api(token: str | None = None) -> HfApi:
     return HfApi(token=token, **_library())
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}/{name}" if prefix not in ("", ".") else name
-
-
 def _cause(e: BaseException) -> str:
     """The innermost cause of a client error, in words: huggingface_hub wraps a refused connection or a 503 in a
     generic "cannot find the requested files" message, which alone would send users looking for a typo."""
@@ -149,7 +135,7 @@ def _cause(e: BaseException) -> str:
     return f"{type(root).__name__}: {root}"
 
 
-def _wrap_hub_error(e: Exception, src: _Source, filename: str | None = None, *, offline: bool) -> SaeHubError:
+def _wrap_hub_error(e: Exception, src: Fetched, filename: str | None = None, *, offline: bool) -> SaeHubError:
     """A client exception as a sae-hub error naming repo and file.
 
     ``LocalEntryNotFoundError`` means "not cached, and the Hub did not answer": offline that is a missing file,
@@ -181,19 +167,20 @@ def _wrap_hub_error(e: Exception, src: _Source, filename: str | None = None, *, 
                          f"local cache: {_cause(e)}", path=where)
 
 
-def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) -> Path:
-    """Fetch the files of ``src`` matching ``patterns`` (relative to the SAE folder); return the local folder.
+def _download(src: Source, got: Fetched, patterns: list[str], *, offline: bool, force: bool) -> Path:
+    """Fetch the files of ``src`` matching ``patterns`` (relative to the SAE folder); return the SAE's local path.
 
     Literal names are fetched one ``hf_hub_download`` each (a file the repo does not have is fine: the loader
     says which one it needed); glob patterns need the repo listing, which ``snapshot_download`` gets once.
-    Offline, both read only the cache. Every file is then checked (:func:`_verify_fetched`).
+    Offline, both read only the cache. Every file is then checked (:func:`_verify_fetched`) and recorded in
+    ``got``.
     """
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     assert src.repo_id is not None
-    single_file = src.path and any(fnmatch.fnmatchcase(src.path.rsplit("/", 1)[-1], p) for p in patterns)
-    wanted = [src.path] if single_file else [_join(src.path, p) for p in patterns]
+    single_file = not src.is_root and any(fnmatch.fnmatchcase(src.path.rsplit("/", 1)[-1], p) for p in patterns)
+    wanted = [src.path] if single_file else [src.join(p) for p in patterns]
     local_root: Path | None = None
     fetched: list[tuple[str, Path]] = []
     try:
@@ -208,26 +195,26 @@ def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) 
         else:
             for name in wanted:
                 try:
-                    got = Path(hf_hub_download(src.repo_id, name, revision=src.revision, local_files_only=offline,
-                                               force_download=force, **_library()))
+                    downloaded = Path(hf_hub_download(src.repo_id, name, revision=src.revision,
+                                                      local_files_only=offline, force_download=force, **_library()))
                 except LocalEntryNotFoundError as e:
                     if offline:
                         continue  # not cached: if the loader needs it, it says which file is missing
-                    raise _wrap_hub_error(e, src, name, offline=offline) from e  # the Hub did not answer
+                    raise _wrap_hub_error(e, got, name, offline=offline) from e  # the Hub did not answer
                 except EntryNotFoundError:
                     continue  # the Hub says this repo has no such file (an optional one)
                 except Exception as e:
-                    raise _wrap_hub_error(e, src, name, offline=offline) from e
-                local_root = got.parents[len(Path(name).parts) - 1]
-                if got.is_dir():  # offline, a "*" pattern made the SAE folder look like a file: take what it holds
-                    fetched += [(f.relative_to(local_root).as_posix(), f) for f in sorted(got.rglob("*"))
+                    raise _wrap_hub_error(e, got, name, offline=offline) from e
+                local_root = downloaded.parents[len(Path(name).parts) - 1]
+                if downloaded.is_dir():  # offline, a "*" pattern made the SAE folder look like a file: take its files
+                    fetched += [(f.relative_to(local_root).as_posix(), f) for f in sorted(downloaded.rglob("*"))
                                 if f.is_file()]
                 else:
-                    fetched.append((name, got))
+                    fetched.append((name, downloaded))
     except SaeHubError:
         raise
     except Exception as e:
-        raise _wrap_hub_error(e, src, src.path or None, offline=offline) from e
+        raise _wrap_hub_error(e, got, src.path or None, offline=offline) from e
     if local_root is None:
         if offline:
             raise MissingFileError(f"no file of {src.label} is in the local cache (offline mode): load it once "
@@ -235,11 +222,12 @@ def _download(src: _Source, patterns: list[str], *, offline: bool, force: bool) 
                                    path=f"hf://{src.label}")
         raise MissingFileError(f"none of the files this format needs ({', '.join(patterns)}) exist here",
                                path=f"hf://{src.label}")
-    target = local_root / src.path if src.path not in ("", ".") else local_root
+    target = src.under(local_root)
     if not target.exists():
         raise MissingFileError(f"repo has no file or folder {src.path!r} for this format", path=f"hf://{src.label}")
-    src.commit = local_root.name if local_root.parent.name == "snapshots" else src.revision
-    _verify_fetched(src, fetched, offline=offline)
+    got.commit = local_root.name if local_root.parent.name == "snapshots" else src.revision
+    got.root = local_root
+    _verify_fetched(got, fetched, offline=offline)
     return target
 
 
@@ -332,7 +320,7 @@ def _evict(link: Path) -> bool:
     return not link.exists() and (parts is None or not parts[0].exists())
 
 
-def _remote_hashes(src: _Source, names: list[str]) -> dict[str, tuple[str, str]]:
+def _remote_hashes(src: Fetched, names: list[str]) -> dict[str, tuple[str, str]]:
     """The Hub's own hashes of ``names`` from the repo tree ({name: ("sha256" | "git-sha1", hex)}), for files
     whose cached name is not a hash (a mirror with other ETags, or a cache that copies instead of linking)."""
     try:
@@ -350,7 +338,7 @@ def _remote_hashes(src: _Source, names: list[str]) -> dict[str, tuple[str, str]]
     return out
 
 
-def _verify_fetched(src: _Source, fetched: list[tuple[str, Path]], *, offline: bool) -> None:
+def _verify_fetched(src: Fetched, fetched: list[tuple[str, Path]], *, offline: bool) -> None:
     """Check each cached file against the Hub's hash of it; record the sha256 in provenance.
 
     Expected hash: the blob name when it is one (64 hex: the LFS sha256; 40 hex: the git blob sha1), else the
@@ -421,79 +409,61 @@ def _lfs_pointer_oid(sha256: str, size: int) -> str:
     return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
 
 
-def _record(src: _Source, name: str, link: Path, sha256: str) -> None:
+def _record(src: Fetched, name: str, link: Path, sha256: str) -> None:
     src.fetched.append((name, link, sha256))
     src.files.append({"name": f"hf://{src.repo_id}@{src.commit}/{name}", "sha256": sha256})
 
 
-def _evict_unparseable(src: _Source, err: CorruptFileError, root: Path) -> CorruptFileError:
+def _evict_unparseable(got: Fetched, err: CorruptFileError) -> CorruptFileError:
     """A loader could not parse a file: if it came from the HF cache, evict it so the next load re-fetches it.
 
     Without this a damaged cached file (whose name, and maybe marker, look right) fails every load until
-    ``force_download=True``. ``root`` is the folder the loader read, to map the error's path to a repo path.
-    An error naming the folder rather than one file evicts every file this load took from the cache.
+    ``force_download=True``. ``got.root`` is the folder the loader read, to map the error's path to a repo
+    path. An error naming the folder rather than one file evicts every file this load took from the cache.
     """
-    if not src.fetched or err.path is None:
+    if not got.fetched or err.path is None or got.root is None:
         return err
     bad = Path(err.path)
     try:
-        rel = bad.relative_to(root).as_posix()
+        rel = bad.relative_to(got.root).as_posix()
     except ValueError:
         return err
     folder = "" if rel == "." else rel + "/"
-    victims = [(n, link) for n, link, _ in src.fetched if n == rel] or [
-        (n, link) for n, link, _ in src.fetched if n.startswith(folder)]
+    victims = [(n, link) for n, link, _ in got.fetched if n == rel] or [
+        (n, link) for n, link, _ in got.fetched if n.startswith(folder)]
     if not victims:
         return err
     gone = [n for n, link in victims if _evict(link)]
     if not gone:
         return err
     note = (f"; {', '.join(gone)} {'was' if len(gone) == 1 else 'were'} evicted from the local Hub cache "
-            f"(hf://{src.repo_id}), so the next online load downloads {'it' if len(gone) == 1 else 'them'} again")
+            f"(hf://{got.repo_id}), so the next online load downloads {'it' if len(gone) == 1 else 'them'} again")
     return CorruptFileError(err.message + note, path=err.path, field=err.field)
 
 
-def _candidate_loaders(src: _Source, offline: bool) -> list[Loader]:
-    """Loaders whose file patterns match what the repo has under the SAE path (one listing request)."""
-    from sae_hub.loading import _LOADERS, _discover
+def _candidate_loaders(src: Source, got: Fetched) -> list[Loader]:
+    """Loaders whose file patterns match what the repo has under the SAE path (one listing request): the files
+    worth fetching. Which of them it is, detection decides once, on the fetched files."""
+    from sae_hub.loading import candidate_loaders, loaders
 
-    _discover()
-    if offline:
-        return list(_LOADERS.values())
     try:
         names = _hf_api().list_repo_files(src.repo_id, revision=src.revision)  # type: ignore[arg-type]
     except Exception as e:
-        raise _wrap_hub_error(e, src, src.path or None, offline=False) from e
-    prefix = "" if src.path in ("", ".") else src.path.rstrip("/") + "/"
+        raise _wrap_hub_error(e, got, src.path or None, offline=False) from e
+    prefix = src.join("")
     inside = [n[len(prefix):] for n in names if n.startswith(prefix)]
-    if src.path and src.path in names:
+    if not src.is_root and src.path in names:
         inside = [src.path.rsplit("/", 1)[-1]]
-    hits = [ld for ld in _LOADERS.values() if ld.matching_files(inside)]
+    hits = candidate_loaders(inside)
     if not hits:
         raise FormatDetectionError(
             f"no loader recognises the files under {src.path or '/'!r}: found {inside[:20]}; tried "
-            f"{', '.join(sorted(_LOADERS))}", path=f"hf://{src.label}")
+            f"{', '.join(sorted(loaders()))}", path=f"hf://{src.label}")
     return hits
 
 
-def _local_target(src: _Source, offline: bool, force: bool) -> tuple[Path, str]:
-    from sae_hub.loading import detect_format, get_loader
-
-    if src.local_root is not None:
-        target = src.local_root / src.path if src.path not in ("", ".") else src.local_root
-        if not target.exists():
-            raise MissingFileError("the release's local folder has no such SAE path", path=target)
-        return target, src.format or detect_format(target)
-    if src.format is not None:
-        return _download(src, list(get_loader(src.format).files), offline=offline, force=force), src.format
-    loaders = _candidate_loaders(src, offline)
-    patterns = sorted({p for ld in loaders for p in ld.files}) if not offline else ["*", "*/*", "*/*/*"]
-    target = _download(src, patterns, offline=offline, force=force)
-    return target, detect_format(target)
-
-
-def _verify_pin(src: _Source, target: Path, expected: str) -> None:
-    """The registry's ``sha256`` pin (of the SAE's largest file, its weights) against the bytes we will load.
+def _verify_pin(got: Fetched, target: Path, expected: str, label: str) -> None:
+    """The release table's ``sha256`` pin (of the SAE's largest file, its weights) against the bytes we will load.
 
     For a Hub file the hash is the one :func:`_verify_fetched` already checked or computed (a cached load
     hashes nothing again); a mismatch evicts it like any other bad download. A local release folder is the
@@ -504,8 +474,8 @@ def _verify_pin(src: _Source, target: Path, expected: str) -> None:
     from sae_hub.files import sha256_file
 
     expected = expected.lower()
-    if src.fetched:
-        weights = [t for t in src.fetched if not t[0].lower().endswith(_TEXT_SUFFIXES)]
+    if got.fetched:
+        weights = [t for t in got.fetched if not t[0].lower().endswith(_TEXT_SUFFIXES)]
         if not weights:
             return
         name, link, actual = max(weights, key=lambda t: t[1].stat().st_size)
@@ -514,9 +484,9 @@ def _verify_pin(src: _Source, target: Path, expected: str) -> None:
         gone = _evict(link)
         where = ("was removed from the local cache (blob and snapshot link), so the next load downloads it again"
                  if gone else "could not be removed from the cache")
-        raise IntegrityError(f"{src.repo_id}: {name}: sha256 {actual} differs from the registry's pin {expected}; "
-                             f"the file was not used and {where}", path=f"hf://{src.repo_id}@{src.commit}/{name}",
-                             field="sha256")
+        raise IntegrityError(f"{got.repo_id}: {name}: sha256 {actual} differs from the release table's pin "
+                             f"{expected}; the file was not used and {where}",
+                             path=f"hf://{got.repo_id}@{got.commit}/{name}", field="sha256")
     files = [target] if target.is_file() else [f for f in target.rglob("*") if f.is_file()]
     files = [f for f in files if not f.name.lower().endswith(_TEXT_SUFFIXES)]
     if not files:
@@ -524,179 +494,71 @@ def _verify_pin(src: _Source, target: Path, expected: str) -> None:
     local = max(files, key=lambda f: f.stat().st_size)
     actual = sha256_file(local)
     if actual != expected:
-        raise IntegrityError(f"sha256 {actual} differs from the registry's pin {expected}; the file was not used "
-                             f"(release {src.label})", path=local, field="sha256")
+        raise IntegrityError(f"sha256 {actual} differs from the release table's pin {expected}; the file was not "
+                             f"used (release {label})", path=local, field="sha256")
 
 
-def _apply_registry(cfg: SAEConfig, src: _Source, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
-    rel, entry = src.release, src.entry
-    if rel is None or entry is None:
-        return
-    cfg.model_name = cfg.model_name or rel.model
-    if entry.hook:
-        cfg.hook_name = entry.hook
-    if entry.hook_out:
-        cfg.hook_name_out = entry.hook_out
-    if entry.neuronpedia:
-        cfg.neuronpedia_id = entry.neuronpedia
-    if rel.license and not cfg.license:
-        cfg.license = rel.license
-    if (entry.norm_scaling_factor is not None and cfg.normalize_activations == "expected_average_only_in"
-            and cfg.norm_scaling_factor is None):
-        cfg.norm_scaling_factor = entry.norm_scaling_factor
-    for key in ("l0", "variance_explained"):
-        value = getattr(entry, key)
-        if value is not None:
-            cfg.extra.setdefault(key, value)
-    cfg.extra.setdefault("release", {"name": rel.name, "sae_id": entry.id})
-    if entry.config:
-        _apply_overrides(cfg, src, tensors)
+@contextlib.contextmanager
+def fetch(src: Source, *, offline: bool | None = None, force: bool = False, config: bool = False,
+          ) -> Iterator[Fetched]:
+    """The local files of ``src``, downloaded and verified: ``with fetch(src) as got: load_local(got.path, ...)``.
 
+    Downloads only what the format needs (a bare repo: what the listing says some format could read, then the
+    format is detected once, among those formats, on the fetched files), checks every cached byte against the
+    Hub's hash and the release table's ``sha256`` pin. With ``config=True`` it fetches the least that yields
+    the config: the format's config files (``got.config_only``), else the safetensors headers and small tensors
+    by byte range (a temporary stand-in folder, removed on exit), else everything. ``offline`` None follows
+    ``HF_HUB_OFFLINE``.
 
-def _apply_overrides(cfg: SAEConfig, src: _Source, tensors: Mapping[str, torch.Tensor] | None) -> None:
-    """Apply a registry entry's ``config:`` overrides; an override that does not fit is the registry's error.
-
-    The registry checks each override's type when it reads the YAML, but some values are only wrong for a
-    particular SAE (``k`` above its ``d_sae``, a topk-only flag on a jumprelu SAE, a width its weights do not
-    have). Those surface here, after the SAE's own files loaded fine, so the error must point at the YAML file
-    and entry that set them, not at the downloaded config. A shape check against ``tensors`` runs only when the
-    weights fitted before the overrides, so a bad checkpoint is never blamed on the registry.
+    A :class:`CorruptFileError` raised inside the block (a loader could not parse a file) evicts the files it
+    names from the HF cache, so the next online load downloads them again; the error says so.
     """
-    import dataclasses
+    from sae_hub.loading import detect_format, get_loader
 
-    rel, entry = src.release, src.entry
-    assert rel is not None and entry is not None
-    origin = getattr(entry, "origin", None) or f"{rel.name}/{entry.id}"
-    where = f"release {rel.name!r}, SAE {entry.id!r}"
-    shown = ", ".join(f"{k}={v!r}" for k, v in entry.config.items())
-    fields = {f.name for f in dataclasses.fields(cfg)} - {"provenance", "extra"}
-    for key in entry.config:
-        if key not in fields:
-            raise RegistryError(f"{where}: config override {key!r} is not an SAEConfig field", path=rel.source,
-                                field=f"{origin}.config.{key}")
-    fitted = tensors is not None and _shape_problem(cfg, tensors) is None
-    for key, value in entry.config.items():
-        setattr(cfg, key, value)
+    offline = _offline(offline)
+    got = Fetched(repo_id=src.repo_id, revision=src.revision, label=src.label)
+    loader = get_loader(src.format) if src.format is not None else None
+    stub: tempfile.TemporaryDirectory[str] | None = None
     try:
-        cfg.__post_init__()
-    except (ConfigError, TypeError, ValueError) as e:
-        detail = e.message if isinstance(e, SaeHubError) else f"{type(e).__name__}: {e}"
-        key = e.field if isinstance(e, SaeHubError) and e.field in entry.config else None
-        raise RegistryError(
-            f"{where}: config override {f'{key}={entry.config[key]!r}' if key else shown} does not fit this SAE: "
-            f"{detail}", path=rel.source, field=f"{origin}.config" + (f".{key}" if key else "")) from e
-    if fitted and tensors is not None and (problem := _shape_problem(cfg, tensors)) is not None:
-        raise RegistryError(f"{where}: config override(s) {shown} do not fit this SAE's weights: {problem}",
-                            path=rel.source, field=f"{origin}.config")
-
-
-def _shape_problem(cfg: SAEConfig, tensors: Mapping[str, torch.Tensor]) -> str | None:
-    """Why ``tensors`` cannot be this config's parameters (what ``SAE.from_state_dict`` would refuse), or None."""
-    from sae_hub.sae import param_shapes
-
-    expected = param_shapes(cfg)
-    if set(expected) != set(tensors):
-        return f"the config needs tensors {sorted(expected)}, the weights have {sorted(tensors)}"
-    for key, shape in expected.items():
-        if tuple(tensors[key].shape) != shape:
-            return f"tensor {key} has shape {list(tensors[key].shape)}, the config needs {list(shape)}"
-    return None
-
-
-def load_config_and_tensors(release: str, sae_id: str, *, revision: str | None = None,
-                            force_download: bool = False, local_files_only: bool | None = None,
-                            format: str | None = None, options: dict[str, Any] | None = None,
-                            ) -> tuple[SAEConfig, dict[str, torch.Tensor], str]:
-    """Resolve, fetch and convert: the shared body of :func:`from_pretrained` and :func:`get_config`."""
-    from sae_hub.loading import load_local
-
-    src = _resolve(release, sae_id, revision, format)
-    offline = _offline(local_files_only)
-    target, fmt = _local_target(src, offline, force_download)
-    if src.entry is not None and src.entry.sha256:
-        _verify_pin(src, target, src.entry.sha256)
-    with warnings.catch_warnings():
-        if src.entry is not None and src.entry.norm_scaling_factor is not None:
-            warnings.filterwarnings("ignore", message=".*norm_scaling_factor.*")
-        try:
-            cfg, tensors, where = load_local(target, format=fmt, options=options)
-        except CorruptFileError as e:
-            raise _evict_unparseable(src, e, _snapshot_root(target, src)) from e
-    _apply_registry(cfg, src, tensors)
-    if src.files:
-        cfg.provenance.source_files = src.files
-    return cfg, tensors, where
-
-
-def from_pretrained(release: str, sae_id: str, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | str | None = None, revision: str | None = None,
-                    force_download: bool = False, local_files_only: bool | None = None,
-                    format: str | None = None, **options: Any) -> SAE:
-    """Load SAE ``sae_id`` of ``release`` (a registry release name, or a Hub repo id ``org/name``).
-
-    For a repo id, ``sae_id`` is the folder (or file) inside the repo and the format is detected unless
-    ``format`` names a loader. ``options`` go to the loader. See :mod:`sae_hub.hub`.
-    """
-    from sae_hub.sae import SAE
-
-    cfg, tensors, where = load_config_and_tensors(
-        release, sae_id, revision=revision, force_download=force_download, local_files_only=local_files_only,
-        format=format, options=options)
-    return SAE.from_state_dict(cfg, tensors, device=device, dtype=dtype, source=where)
-
-
-def get_config(release: str, sae_id: str, *, revision: str | None = None, local_files_only: bool | None = None,
-               format: str | None = None, **options: Any) -> SAEConfig:
-    """The config of an SAE, fetching only what the format needs for it.
-
-    For formats whose loader can read the config alone (``config_files``), only those files are fetched. For
-    formats whose weights are safetensors, only their headers and small tensors are read (byte ranges) and
-    the loader builds the config from them. Otherwise (``.npz``/``.pt`` weights, or offline) the weights are
-    fetched (memory-mapped, not read) and their shapes fill the config.
-    """
-    from sae_hub.loading import get_loader, load_local, load_local_config
-
-    src = _resolve(release, sae_id, revision, format)
-    offline = _offline(local_files_only)
-    fmt = src.format
-    if fmt is not None and get_loader(fmt).config_files:
-        loader = get_loader(fmt)
         if src.local_root is not None:
-            target = src.local_root / src.path if src.path not in ("", ".") else src.local_root
+            got.path = src.under(src.local_root)
+            if not got.path.exists():
+                raise MissingFileError("the release's local folder has no such SAE path", path=got.path)
+            got.config_only = config and loader is not None and bool(loader.config_files)
+            got.format = src.format or detect_format(got.path)
+        elif loader is not None:
+            got.format = loader.name
+            if config and loader.config_files:
+                got.config_only = True
+                got.path = _download(src, got, list(loader.config_files), offline=offline, force=force)
+            elif config and not offline and (stub := _header_stub(src, got, loader)) is not None:
+                got.root = Path(stub.name)
+                got.path = src.under(got.root)
+            else:
+                got.path = _download(src, got, list(loader.files), offline=offline, force=force)
         else:
-            target = _download(src, list(loader.config_files), offline=offline, force=False)
+            candidates = None if offline else _candidate_loaders(src, got)
+            patterns = sorted({p for ld in candidates for p in ld.files}) if candidates else ["*", "*/*", "*/*/*"]
+            got.path = _download(src, got, patterns, offline=offline, force=force)
+            got.format = detect_format(got.path, among=[ld.name for ld in candidates] if candidates else None)
+        if src.sha256 and not config:
+            _verify_pin(got, got.path, src.sha256, src.label)
         try:
-            cfg = load_local_config(target, format=fmt, options=options)
+            yield got
         except CorruptFileError as e:
-            raise _evict_unparseable(src, e, _snapshot_root(target, src)) from e
-    elif (fmt is not None and src.repo_id is not None and not offline
-          and (stub := _header_stub(src, get_loader(fmt))) is not None):
-        with stub as folder:
-            try:
-                cfg, _, _ = load_local(Path(folder) / src.path if src.path not in ("", ".") else Path(folder),
-                                       format=fmt, options=options)
-            except CorruptFileError as e:
-                raise _evict_unparseable(src, e, Path(folder)) from e
-    else:
-        target, fmt = _local_target(src, offline, False)
-        try:
-            cfg, _, _ = load_local(target, format=fmt, options=options)
-        except CorruptFileError as e:
-            raise _evict_unparseable(src, e, _snapshot_root(target, src)) from e
-    _apply_registry(cfg, src)
-    if src.files:
-        cfg.provenance.source_files = src.files
-    return cfg
-
-
-def _snapshot_root(target: Path, src: _Source) -> Path:
-    """The snapshot folder a downloaded ``target`` (``<snapshot>/<src.path>``) lives in."""
-    return target.parents[len(Path(src.path).parts) - 1] if src.path not in ("", ".") else target
+            evicted = _evict_unparseable(got, e)
+            if evicted is e:
+                raise
+            raise evicted from e
+    finally:
+        if stub is not None:
+            stub.cleanup()
 
 
 def fetch_hub_file(repo_id: str, filename: str, *, repo_type: str | None = None,
                    revision: str | None = None) -> Path:
-    """One file that is not part of an SAE (an ``hf://`` registry YAML) through the HF cache, checked like one.
+    """One file that is not part of an SAE (an ``hf://`` release-table YAML) through the HF cache, checked like
+    one.
 
     A bare ``hf_hub_download`` says "cannot find the requested files" both when the Hub did not answer and when
     nothing is cached offline, and never compares the bytes with the ETag. Here a dead Hub or a persistent 5xx
@@ -707,8 +569,7 @@ def fetch_hub_file(repo_id: str, filename: str, *, repo_type: str | None = None,
     from huggingface_hub import hf_hub_download
 
     offline = _offline(None)
-    src = _Source(repo_id=repo_id, local_root=None, path=filename, format=None, revision=revision,
-                  repo_type=repo_type)
+    src = Fetched(repo_id=repo_id, revision=revision, repo_type=repo_type, label=f"{repo_id}/{filename}")
     try:
         got = Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, **_library()))
     except Exception as e:
@@ -721,7 +582,7 @@ def fetch_hub_file(repo_id: str, filename: str, *, repo_type: str | None = None,
 _SMALL_TENSOR = 1 << 16  # bytes: tensors up to this size (scalars, norms) are fetched for real
 
 
-def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[str] | None:
+def _header_stub(src: Source, got: Fetched, loader: Loader) -> tempfile.TemporaryDirectory[str] | None:
     """A local stand-in of an SAE folder whose safetensors files hold only the real header and small tensors.
 
     Config files are fetched normally; each ``.safetensors`` file is read remotely by byte ranges
@@ -735,11 +596,11 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
     from huggingface_hub import HfFileSystem, hf_hub_download
 
     assert src.repo_id is not None
-    prefix = "" if src.path in ("", ".") else src.path.rstrip("/") + "/"
+    prefix = src.join("")
     try:
         listing = _hf_api().list_repo_files(src.repo_id, revision=src.revision)
     except Exception as e:
-        raise _wrap_hub_error(e, src, src.path or None, offline=False) from e
+        raise _wrap_hub_error(e, got, src.path or None, offline=False) from e
     names = [n for n in listing if n.startswith(prefix) and loader.matching_files([n[len(prefix):]])]
     if not names or any(not n.endswith((".safetensors", ".json", ".yaml", ".yml", ".txt")) for n in names):
         return None
@@ -755,10 +616,10 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
             dest = Path(tmp.name) / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not name.endswith(".safetensors"):
-                got = Path(hf_hub_download(src.repo_id, name, revision=src.revision, **_library()))
-                src.commit = got.parents[len(Path(name).parts) - 1].name
-                _verify_fetched(src, [(name, got)], offline=False)  # a config file is checked like any other
-                dest.write_bytes(got.read_bytes())
+                cached = Path(hf_hub_download(src.repo_id, name, revision=src.revision, **_library()))
+                got.commit = cached.parents[len(Path(name).parts) - 1].name
+                _verify_fetched(got, [(name, cached)], offline=False)  # a config file is checked like any other
+                dest.write_bytes(cached.read_bytes())
                 continue
             with fs.open(f"{src.repo_id}/{name}", "rb", revision=src.revision, block_size=1 << 16) as f:
                 size = f.size
@@ -782,10 +643,10 @@ def _header_stub(src: _Source, loader: Loader) -> tempfile.TemporaryDirectory[st
         raise
     except Exception as e:
         tmp.cleanup()
-        raise _wrap_hub_error(e, src, name, offline=False) from e
+        raise _wrap_hub_error(e, got, name, offline=False) from e
     for name in names:
         if name.endswith(".safetensors"):  # header only: no hash of the whole file was computed
-            src.files.append({"name": f"hf://{src.repo_id}@{src.revision or 'main'}/{name}"})
+            got.files.append({"name": f"hf://{src.repo_id}@{src.revision or 'main'}/{name}"})
     return tmp
 
 
@@ -884,7 +745,15 @@ def _card_data(cfg: SAEConfig) -> ModelCardData:
                          license=cfg.license or None)
 
 
-def model_card(sae: SAE, repo_id: str, path_in_repo: str | None = None) -> str:
+def _config_of(sae: SAEConfig | HasConfig) -> SAEConfig:
+    """A card describes a config; callers may hand the SAE itself (anything with ``.cfg``), which this module
+    never imports."""
+    from sae_hub.config import SAEConfig
+
+    return sae if isinstance(sae, SAEConfig) else sae.cfg
+
+
+def model_card(sae: SAEConfig | HasConfig, repo_id: str, path_in_repo: str | None = None) -> str:
     """README.md for one uploaded SAE: front matter (``library_name: sae-hub``, tags, ``base_model``, license),
     what it is, a table of facts, training metrics if any, and the ``from_pretrained`` call that loads it.
 
@@ -895,7 +764,7 @@ def model_card(sae: SAE, repo_id: str, path_in_repo: str | None = None) -> str:
     """
     from huggingface_hub import ModelCard
 
-    c = sae.cfg
+    c = _config_of(sae)
     model = _code(c.model_name) if c.model_name else "a model"
     hook = _code(c.hook_name) if c.hook_name else "an unnamed hook"
     kind = "transcoder" if c.is_transcoder else "sparse autoencoder (SAE)"
@@ -922,8 +791,7 @@ def model_card(sae: SAE, repo_id: str, path_in_repo: str | None = None) -> str:
     return str(ModelCard(f"---\n{_card_data(c).to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
-def _listing_row(sae: SAE, path: str) -> str:
-    c = sae.cfg
+def _listing_row(c: SAEConfig, path: str) -> str:
     return (f"| {_code(path, cell=True)} | {c.architecture} | {c.d_in} → {c.d_sae} | "
             f"{_code(c.hook_name or '', cell=True)} | {_code(c.model_name or '', cell=True)} |")
 
@@ -936,7 +804,7 @@ def _listing(rows: list[str], repo_id: str, path: str) -> str:
         "Load one by its path:", "", _usage(repo_id, path), "", _NATIVE_LAYOUT, _CARD_END])
 
 
-def root_card(existing: str | None, sae: SAE, repo_id: str, path_in_repo: str, *,
+def root_card(existing: str | None, sae: SAEConfig | HasConfig, repo_id: str, path_in_repo: str, *,
               where: str = "README.md") -> str:
     """The repo's root README.md after uploading ``sae`` to ``path_in_repo`` (the many-SAEs-per-repo layout).
 
@@ -949,12 +817,13 @@ def root_card(existing: str | None, sae: SAE, repo_id: str, path_in_repo: str, *
     """
     from huggingface_hub import ModelCard
 
+    cfg = _config_of(sae)
     path = path_in_repo.strip("/")
-    row = _listing_row(sae, path)
+    row = _listing_row(cfg, path)
     key = row.split(" | ", 1)[0] + " |"
     if existing is None:
         name = _one_line(repo_id.rsplit("/", 1)[-1])
-        card = ModelCard(f"---\n{_card_data(sae.cfg).to_yaml()}\n---\n\n# {name}\n\nSparse autoencoders (SAEs) "
+        card = ModelCard(f"---\n{_card_data(cfg).to_yaml()}\n---\n\n# {name}\n\nSparse autoencoders (SAEs) "
                          "uploaded with sae-hub, one folder each.\n\n")
     else:
         try:
@@ -965,10 +834,10 @@ def root_card(existing: str | None, sae: SAE, repo_id: str, path_in_repo: str, *
                                    "uploaded", path=where, field="front matter") from None
         data = card.data
         tags = data.tags if isinstance(data.tags, list) else [data.tags] if data.tags else []
-        data.tags = list(dict.fromkeys([*(str(t) for t in tags), *_sae_tags(sae.cfg)]))
+        data.tags = list(dict.fromkeys([*(str(t) for t in tags), *_sae_tags(cfg)]))
         data.library_name = data.library_name or "sae-hub"
-        data.base_model = data.base_model or _base_model(sae.cfg)
-        data.license = data.license or sae.cfg.license or None
+        data.base_model = data.base_model or _base_model(cfg)
+        data.license = data.license or cfg.license or None
     newline = "\r\n" if "\r\n" in card.text else "\n"
     text = card.text.replace("\r\n", "\n")
     start = text.find(_CARD_START)
@@ -1019,11 +888,13 @@ def _read_card(api: HfApi, repo_id: str, commit: str) -> str | None:
                                "uploaded", path=where, field="encoding") from None
 
 
-def push_to_hub(sae: SAE, repo_id: str, path_in_repo: str | None = None, *, revision: str | None = None,
-                private: bool | None = None, commit_message: str | None = None, token: str | None = None,
-                sparsity: torch.Tensor | None = None) -> str:
-    """Upload ``sae`` in the native format plus a model card, in one commit; returns the commit URL.
+def push_folder(folder: str | os.PathLike[str], cfg: SAEConfig, repo_id: str, path_in_repo: str | None = None, *,
+                revision: str | None = None, private: bool | None = None, commit_message: str | None = None,
+                token: str | None = None) -> str:
+    """Upload a saved SAE folder plus a model card describing ``cfg``, in one commit; returns the commit URL.
 
+    ``SAE.push_to_hub`` saves the SAE into a temporary folder and calls this (as ``ModelHubMixin`` does), so the
+    hub needs no SAE and a save that refuses (``IncompatibleSaveError``) stops before anything touches the Hub.
     Without ``path_in_repo`` the SAE is the repo and README.md is its card (:func:`model_card`). With it (many
     SAEs per repo) the root README.md is written or merged (:func:`root_card`) so the repo page lists every SAE
     pushed there. The merge reads the card at the branch head and commits on top of that exact commit, so an
@@ -1035,6 +906,7 @@ def push_to_hub(sae: SAE, repo_id: str, path_in_repo: str | None = None, *, revi
     api = _hf_api(token)
     prefix = (path_in_repo or "").strip("/")
     prefix = "" if prefix == "." else prefix  # "." is the root, as in the usage line of a root SAE's card
+    folder = Path(folder)
     parent: str | None = None
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -1042,17 +914,13 @@ def push_to_hub(sae: SAE, repo_id: str, path_in_repo: str | None = None, *, revi
         if prefix:
             parent = api.repo_info(repo_id, revision=revision).sha
             existing = _read_card(api, repo_id, parent) if parent else None
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            sae.save_pretrained(folder, sparsity=sparsity)
-            card = (root_card(existing, sae, repo_id, prefix, where=f"hf://{repo_id}/README.md") if prefix
-                    else model_card(sae, repo_id))
-            ops = [CommitOperationAdd(path_in_repo=_join(prefix, f.relative_to(folder).as_posix()),
-                                      path_or_fileobj=os.fspath(f))
-                   for f in sorted(folder.rglob("*")) if f.is_file()]
-            ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
-            info = api.create_commit(repo_id, operations=ops, revision=revision, parent_commit=parent,
-                                     commit_message=commit_message or f"Upload {sae.cfg.architecture} SAE with sae-hub")
+        card = (root_card(existing, cfg, repo_id, prefix, where=f"hf://{repo_id}/README.md") if prefix
+                else model_card(cfg, repo_id))
+        ops = [CommitOperationAdd(path_in_repo=f"{prefix}/{rel}" if prefix else rel, path_or_fileobj=os.fspath(f))
+               for f in sorted(folder.rglob("*")) if f.is_file() and (rel := f.relative_to(folder).as_posix())]
+        ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+        info = api.create_commit(repo_id, operations=ops, revision=revision, parent_commit=parent,
+                                 commit_message=commit_message or f"Upload {cfg.architecture} SAE with sae-hub")
     except SaeHubError:
         raise
     except HfHubHTTPError as e:

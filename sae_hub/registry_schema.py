@@ -47,18 +47,17 @@ from msgspec import UNSET, Meta, UnsetType
 
 from sae_hub.config import ARCHITECTURES, NORMALIZATIONS, SAEConfig
 from sae_hub.errors import RegistryError
-from sae_hub.releases import (
-    _HINTS,
-    _NUMERIC,
-    _TEMPLATE,
+from sae_hub.release_rules import (
+    HINTS,
     MAX_DEPTH,
     MAX_FILE_BYTES,
     MAX_NODES,
     MAX_SAES_PER_FILE,
     MAX_SAES_PER_RELEASE,
-    _axes,
-    _config_types,
-    _short,
+    NUMERIC_FACTS,
+    TEMPLATE,
+    axes,
+    short,
 )
 
 __all__ = [
@@ -71,6 +70,7 @@ __all__ = [
     "json_schema",
     "json_schema_text",
     "load_yaml",
+    "takes_strings",
     "validate",
 ]
 
@@ -115,21 +115,21 @@ def config_field_types() -> dict[str, Any]:
     return out
 
 
-def _takes_strings(tp: Any) -> bool:
+def takes_strings(tp: Any) -> bool:
     """True when ``tp`` (or a member of its union) is a string type: then a template is just a string."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) is Literal:
         return any(isinstance(a, str) for a in args)
     if typing.get_origin(tp) is Annotated:
-        return _takes_strings(args[0])
+        return takes_strings(args[0])
     if args and typing.get_origin(tp) in (Union, types.UnionType):
-        return any(_takes_strings(a) for a in args)
+        return any(takes_strings(a) for a in args)
     return tp is str
 
 
 ConfigOverrides = msgspec.defstruct(
     "ConfigOverrides",
-    [(name, tp | UnsetType if _takes_strings(tp) else tp | Template | UnsetType, UNSET)
+    [(name, tp | UnsetType if takes_strings(tp) else tp | Template | UnsetType, UNSET)
      for name, tp in config_field_types().items()],
     kw_only=True, forbid_unknown_fields=True, omit_defaults=True, module=__name__,
 )
@@ -440,11 +440,11 @@ def _schema_error(text: str, doc: Any, source: str) -> RegistryError:
             msg = f"missing required field {key!r}"
     elif msg.endswith("got `null`") and comps and isinstance(comps[-1], str):
         msg = f"missing required field {comps[-1]!r} (it is null)"
-    elif comps and isinstance(comps[-1], str) and comps[-1] in _HINTS:
-        msg = f"{comps[-1]} must be {_HINTS[comps[-1]]}, got {_short(node)}"
+    elif comps and isinstance(comps[-1], str) and comps[-1] in HINTS:
+        msg = f"{comps[-1]} must be {HINTS[comps[-1]]}, got {short(node)}"
     elif TEMPLATE_PATTERN.replace("\\", "\\\\") in msg and len(comps) >= 2 and comps[-2] == "config":
-        tp = _config_types()[str(comps[-1])][0]
-        msg = f"{comps[-1]} must be {_describe(tp)} or a {{var}} template, got {_short(node)}"
+        tp = config_field_types()[str(comps[-1])]
+        msg = f"{comps[-1]} must be {_describe(tp)} or a {{var}} template, got {short(node)}"
     field_path = "".join(f"[{c}]" if isinstance(c, int) else f".{c}" for c in comps).lstrip(".")
     label = ""
     if len(comps) >= 2 and comps[0] == "releases" and isinstance(comps[1], int):
@@ -503,8 +503,7 @@ def _check(norm: dict[str, Any], source: str) -> None:
             base_vars = set(sae.get("vars") or {})
             entry_total = 0
             for r, row in enumerate(sae.get("expand") or [{}]):
-                axes = _axes(row, f"{sat}.expand[{r}]", source)
-                entry_total += math.prod(len(values) for _, values in axes)
+                entry_total += math.prod(len(values) for _, values in axes(row, f"{sat}.expand[{r}]", source))
                 if not names <= base_vars.union(row):
                     defined = base_vars.union(row)
                     where, name = next((w, n) for w, found in used for n in found if n not in defined)
@@ -528,13 +527,13 @@ def _template_uses(rel: Mapping[str, Any], sae: Mapping[str, Any], at: str, sat:
     """(entry path, template variable names) of every string an SAE entry fills: its own fields, the release's
     hooks it inherits, and the release's and its own ``config`` values."""
     fields: list[tuple[str, Any]] = [(f"{sat}.{k}", sae.get(k)) for k in ("id", "path", "neuronpedia", "sha256",
-                                                                          *_NUMERIC)]
+                                                                          *NUMERIC_FACTS)]
     for key in ("hook", "hook_out"):
         fields.append((f"{sat}.{key}", sae[key]) if key in sae else (f"{at}.{key}", rel.get(key)))
     config = {**{k: (f"{at}.config.{k}", v) for k, v in (rel.get("config") or {}).items()},
               **{k: (f"{sat}.config.{k}", v) for k, v in (sae.get("config") or {}).items()}}
     fields.extend(config.values())
-    return [(where, _TEMPLATE.findall(value)) for where, value in fields if isinstance(value, str) and "{" in value]
+    return [(where, TEMPLATE.findall(value)) for where, value in fields if isinstance(value, str) and "{" in value]
 
 
 if __name__ == "__main__":

@@ -55,11 +55,17 @@ a fresh process within a few milliseconds: a cache hit imports neither PyYAML, m
 :mod:`sae_hub.registry_schema`. The cache is a pure optimisation: unwritable, stale or corrupt cache files are
 ignored.
 
-User registries extend the shipped one: files named in ``SAE_HUB_REGISTRY`` (paths separated by
+User release tables extend the shipped one: files named in ``SAE_HUB_REGISTRY`` (paths separated by
 ``os.pathsep``; folders mean every ``*.yaml`` inside), :func:`add` (a path, a dict, or an ``hf://`` URI such as
 ``hf://org/repo/reg.yaml``, ``hf://datasets/org/repo@v1/reg.yaml`` or ``hf://org/repo@refs/pr/1/reg.yaml``,
 parsed by huggingface_hub and fetched through it). A user release that collides with an existing name is an
 error unless ``replace=True``.
+
+Resolving. :func:`locate` turns ``(release, sae_id)`` (or a bare Hub repo id and a path in it) into a
+:class:`Source` before any file is touched: where the files are, in which format, at which revision, and the
+release-table facts to hand the loader (:meth:`Source.facts`). ``SAE.from_pretrained`` then fetches
+(:func:`sae_hub.hub.fetch`) and loads (:func:`sae_hub.loading.load_local`) it. This module never imports
+the hub for that, only for ``hf://`` table files (:func:`add`), so the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -75,9 +81,24 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_hub.errors import RegistryError, UnknownReleaseError, UnknownSAEError
+from sae_hub.release_rules import (
+    HINTS,
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_NODES,
+    MAX_SAES_PER_FILE,
+    MAX_SAES_PER_RELEASE,
+    NUMERIC_FACTS,
+    TEMPLATE,
+    axes,
+    short,
+)
+
+if TYPE_CHECKING:
+    from sae_hub.loading import Facts
 
 __all__ = [
     "MAX_DEPTH",
@@ -87,28 +108,20 @@ __all__ = [
     "MAX_SAES_PER_RELEASE",
     "Release",
     "SAEEntry",
+    "Source",
     "add",
     "entry_for",
     "get_release",
     "list_releases",
     "list_saes",
+    "locate",
+    "release_table",
     "reset",
     "resolve",
 ]
 
-# Limits. The shipped table is ~230 KB in 7 files, ~36k YAML nodes, at most 8,784 SAEs per file and 536 per
-# release, nested 8 levels: every limit leaves one to two orders of magnitude of room for real registries while
-# keeping a hostile file to about a second of parsing and a few hundred MB at worst.
-MAX_FILE_BYTES = 8 << 20  # bytes of one registry file
-MAX_NODES = 1_000_000  # YAML nodes of one file, counting every alias as the full node it stands for
-MAX_DEPTH = 32  # nesting levels of one file (the schema needs 8)
-MAX_SAES_PER_RELEASE = 50_000  # SAEs one release (and so one entry) may expand to
-MAX_SAES_PER_FILE = 100_000  # SAEs all releases of one file (or one add() call) may expand to
-
-_NUMERIC = ("l0", "variance_explained", "norm_scaling_factor")
-_TEMPLATE = re.compile(r"\{(\w+)\}")
-_RANGE_LIKE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -166,6 +179,74 @@ class Release:
         """This release's entry path in its file (``releases[3]``)."""
         return f"releases[{self.index}]" if self.index is not None else f"releases[{self.name!r}]"
 
+    def facts(self, entry: SAEEntry) -> Facts:
+        """What this release states about ``entry`` beyond its files, for the loader
+        (:func:`sae_hub.loading.apply_facts`); errors in them name this release's YAML file and the entry."""
+        from sae_hub.loading import Facts
+
+        return Facts(release=self.name, sae_id=entry.id, source=self.source,
+                     origin=entry.origin or f"{self.name}/{entry.id}", model=self.model, hook=entry.hook,
+                     hook_out=entry.hook_out, neuronpedia=entry.neuronpedia, license=self.license,
+                     norm_scaling_factor=entry.norm_scaling_factor, l0=entry.l0,
+                     variance_explained=entry.variance_explained, config=dict(entry.config))
+
+
+def _normal_path(path: str) -> str:
+    """A path inside a repo or folder, normalised once: no leading/trailing ``/``, and ``""`` for the root
+    (``"."`` and ``"/"`` too), so no caller has to know the spellings of "the root"."""
+    path = path.strip("/")
+    return "" if path in ("", ".") else path
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one SAE's files are, decided before any I/O: a Hub repo (and revision) or a local folder, the path
+    of the SAE inside it, its format if known, and the release entry it came from (None for a bare repo id).
+
+    ``path`` is normalised once, here (``""`` is the root); :meth:`join` and :meth:`under` are the only places
+    that combine it with a name or a folder.
+    """
+
+    repo_id: str | None
+    local_root: Path | None
+    path: str
+    format: str | None = None
+    revision: str | None = None
+    release: Release | None = field(default=None, repr=False)
+    entry: SAEEntry | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _normal_path(self.path))
+
+    @property
+    def is_root(self) -> bool:
+        """The SAE is the whole repo (or folder), not a folder or file inside it."""
+        return self.path == ""
+
+    def join(self, name: str) -> str:
+        """``name`` (relative to the SAE folder) as a path in the repo."""
+        return f"{self.path}/{name}" if self.path else name
+
+    def under(self, root: Path) -> Path:
+        """The SAE inside ``root`` (a snapshot or the release's local folder)."""
+        return root / self.path if self.path else root
+
+    @property
+    def label(self) -> str:
+        """``org/repo/path`` (or the local folder), for messages."""
+        where = self.repo_id or str(self.local_root)
+        return f"{where}/{self.path}" if self.path else where
+
+    @property
+    def facts(self) -> Facts | None:
+        """The release table's facts for the loader; None for a bare repo id."""
+        return self.release.facts(self.entry) if self.release is not None and self.entry is not None else None
+
+    @property
+    def sha256(self) -> str | None:
+        """The release table's pin of the SAE's weights file, if any."""
+        return self.entry.sha256 if self.entry is not None else None
+
 
 class _Table:
     """All releases known to this process: shipped files, SAE_HUB_REGISTRY files, and ``add()`` calls."""
@@ -198,9 +279,13 @@ _TABLE = _Table()
 
 
 def _shipped_files() -> list[Path]:
-    import sae_hub.registry as shipped
+    """The YAML files installed as ``sae_hub.registry``, found without importing that package (which re-exports
+    this module's functions: importing it from here would make the two import each other)."""
+    import importlib.util
 
-    return sorted(p for d in shipped.__path__ for p in Path(d).glob("*.yaml"))
+    spec = importlib.util.find_spec("sae_hub.registry")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return sorted(p for d in folders for p in Path(d).glob("*.yaml"))
 
 
 def _env_files() -> list[Path]:
@@ -223,7 +308,7 @@ def _code_token() -> str:
 
     here = Path(__file__).resolve().parent
     parts = []
-    for name in ("releases.py", "registry_schema.py", "config.py"):
+    for name in ("releases.py", "release_rules.py", "registry_schema.py", "config.py"):
         try:
             st = (here / name).stat()
             parts.append(f"{st.st_size}:{st.st_mtime_ns}")
@@ -307,39 +392,6 @@ def _parse(doc: Any, source: str, base: Path | None = None, *, check_formats: bo
     return releases
 
 
-_HINTS = {
-    "sha256": "a 64-digit hex string (the sha256 of the weights file) or a {var} template",
-    "norm_scaling_factor": "a finite positive number or a {var} template",
-    "l0": "a finite number >= 0 or a {var} template",
-    "variance_explained": "a finite number or a {var} template",
-    "repo_id": "a Hub repo id 'org/name'",
-    "name": "a non-empty name without whitespace",
-}
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _axes(row: Mapping[str, Any], at: str, source: str) -> list[tuple[str, range | list[Any]]]:
-    """One ``expand`` row as (variable, values) axes; ``"a..b"`` becomes a lazy inclusive range."""
-    axes: list[tuple[str, range | list[Any]]] = []
-    for key, value in row.items():
-        if isinstance(value, str) and (m := _RANGE_LIKE.match(value)):
-            if max(len(m[1].lstrip("-")), len(m[2].lstrip("-"))) > 12:
-                raise RegistryError(f"range {value!r}: bounds of at most 12 digits", path=source, field=f"{at}.{key}")
-            lo, hi = int(m[1]), int(m[2])
-            if lo > hi:
-                raise RegistryError(f"range {value!r} is empty (a..b needs a <= b)", path=source, field=f"{at}.{key}")
-            axes.append((key, range(lo, hi + 1)))
-        elif isinstance(value, list):
-            axes.append((key, value))
-        else:
-            axes.append((key, [value]))
-    return axes
-
-
 def _build(norm: Mapping[str, Any], source: str, base: Path | None) -> list[Release]:
     """Release objects from a validated document (fresh or from the cache); validates nothing."""
     out: list[Release] = []
@@ -375,16 +427,16 @@ def _rows(expand: list[Mapping[str, Any]] | None, at: str, source: str) -> Itera
         yield {}
         return
     for r, row in enumerate(expand):
-        axes = _axes(row, f"{at}.expand[{r}]", source)
-        names = [name for name, _ in axes]
-        for combo in itertools.product(*(values for _, values in axes)):
+        row_axes = axes(row, f"{at}.expand[{r}]", source)
+        names = [name for name, _ in row_axes]
+        for combo in itertools.product(*(values for _, values in row_axes)):
             yield dict(zip(names, combo, strict=True))
 
 
 def _fill(value: Any, env: Mapping[str, Any], rel: Release, where: str) -> Any:
     if isinstance(value, str) and "{" in value:
         try:
-            out = _TEMPLATE.sub(lambda m: str(env[m.group(1)]), value)
+            out = TEMPLATE.sub(lambda m: str(env[m.group(1)]), value)
         except KeyError as e:
             raise RegistryError(f"release {rel.name!r}: template variable {e.args[0]!r} is not defined",
                                 path=rel.source, field=where) from None
@@ -403,8 +455,8 @@ def _number(key: str, value: Any, rel: Release, where: str, sae_id: str) -> floa
         number = math.nan
     ok = math.isfinite(number) and (key != "l0" or number >= 0) and (key != "norm_scaling_factor" or number > 0)
     if not ok:
-        raise RegistryError(f"release {rel.name!r}, SAE {sae_id!r}: {key} must be {_HINTS[key].split(' or ')[0]}, "
-                            f"got {_short(value)}", path=rel.source, field=where)
+        raise RegistryError(f"release {rel.name!r}, SAE {sae_id!r}: {key} must be {HINTS[key].split(' or ')[0]}, "
+                            f"got {short(value)}", path=rel.source, field=where)
     return number
 
 
@@ -412,7 +464,7 @@ def _number(key: str, value: Any, rel: Release, where: str, sae_id: str) -> floa
 def _config_types() -> dict[str, tuple[Any, bool]]:
     from sae_hub import registry_schema as schema
 
-    return {name: (tp, schema._takes_strings(tp)) for name, tp in schema.config_field_types().items()}
+    return {name: (tp, schema.takes_strings(tp)) for name, tp in schema.config_field_types().items()}
 
 
 def _config_value(key: str, value: Any, env: Mapping[str, Any], rel: Release, where: str) -> Any:
@@ -453,8 +505,8 @@ def _expand_saes(rel: Release) -> dict[str, SAEEntry]:
                     vals[key] = _fill(raw[key], env, rel, f"{sat}.{key}")
             if "sha256" in vals and not _SHA256.match(vals["sha256"]):
                 raise RegistryError(f"release {rel.name!r}, SAE {sae_id!r}: sha256 must be 64 hex digits, got "
-                                    f"{_short(vals['sha256'])}", path=rel.source, field=f"{sat}.sha256")
-            for key in _NUMERIC:
+                                    f"{short(vals['sha256'])}", path=rel.source, field=f"{sat}.sha256")
+            for key in NUMERIC_FACTS:
                 if raw.get(key) is not None:
                     vals[key] = _number(key, _fill(raw[key], env, rel, f"{sat}.{key}"), rel, f"{sat}.{key}", sae_id)
             if sae_id in out:
@@ -486,6 +538,13 @@ def list_releases(pattern: str | None = None, model: str | None = None) -> list[
             continue
         out.append(name)
     return sorted(out, key=_natural_key)
+
+
+def release_table() -> dict[str, Release]:
+    """Every release known to this process, by name: shipped files, ``SAE_HUB_REGISTRY`` files and :func:`add`
+    calls. Their formats are not checked against the loader registry here (that imports the loaders, and so
+    torch); :func:`get_release` checks them."""
+    return dict(_TABLE.get())
 
 
 def get_release(name: str) -> Release:
@@ -522,6 +581,27 @@ def resolve(release: str, sae_id: str) -> tuple[Release, SAEEntry]:
             list_saes(release)[:5])
         raise UnknownSAEError(f"release {release!r} has no SAE {sae_id!r}{hint}", field=sae_id)
     return rel, entry
+
+
+def locate(release: str, sae_id: str, *, revision: str | None = None, format: str | None = None) -> Source:
+    """Where SAE ``sae_id`` of ``release`` is, before anything is fetched (see :class:`Source`).
+
+    ``release`` is a release name, or a Hub repo id ``org/name`` the release table does not list, whose
+    ``sae_id`` is then the folder (or file) inside the repo and whose format is detected unless ``format`` names a
+    loader. A repo id that the table does list is refused with the release names to use (its facts, pins and
+    hook names would otherwise be silently skipped). ``revision``/``format`` override the release's.
+    """
+    try:
+        rel, entry = resolve(release, sae_id)
+    except UnknownReleaseError:
+        table = _TABLE.get()
+        known_repo = any(r.repo_id == release for r in table.values())
+        if known_repo or not _REPO_ID.match(release) or release in table:
+            raise
+        return Source(repo_id=release, local_root=None, path=sae_id, format=format, revision=revision)
+    return Source(repo_id=rel.repo_id, local_root=Path(rel.local_path) if rel.local_path else None,
+                  path=entry.path, format=format or rel.format, revision=revision or rel.revision,
+                  release=rel, entry=entry)
 
 
 def add(source: str | os.PathLike[str] | Mapping[str, Any], *, replace: bool = False,

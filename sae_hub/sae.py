@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sae_hub.config import PER_TOKEN_NORMALIZATIONS, SAEConfig
+from sae_hub.config import PER_TOKEN_NORMALIZATIONS, SAEConfig, param_shapes
 from sae_hub.errors import ConfigError, IncompatibleSaveError, ShapeMismatchError, UnsupportedSAEError
 from sae_hub.files import dtype_from_str, dtype_to_str
 
@@ -49,24 +49,6 @@ CONFIG_FILENAME = "cfg.json"
 SPARSITY_FILENAME = "sparsity.safetensors"
 # What a save writes (and so replaces in an existing folder; anything else there is kept).
 NATIVE_FILENAMES = (CONFIG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
-
-
-def param_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
-    """The tensors an SAE with this config owns, and their shapes: the one source loaders validate against."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "W_enc": (cfg.d_in, cfg.d_sae),
-        "W_dec": (cfg.d_sae, cfg.d_out or cfg.d_in),
-        "b_dec": (cfg.d_out or cfg.d_in,),
-    }
-    if cfg.architecture == "gated":
-        shapes.update(b_gate=(cfg.d_sae,), r_mag=(cfg.d_sae,), b_mag=(cfg.d_sae,))
-    else:
-        shapes["b_enc"] = (cfg.d_sae,)
-    if cfg.architecture == "jumprelu":
-        shapes["threshold"] = (cfg.d_sae,)
-    if cfg.has_skip:
-        shapes["W_skip"] = (cfg.d_out or cfg.d_in, cfg.d_in)
-    return shapes
 
 
 @dataclass
@@ -569,41 +551,80 @@ class SAE(nn.Module):
     def from_pretrained(cls, release: str, sae_id: str, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str | None = None, revision: str | None = None,
                         force_download: bool = False, local_files_only: bool | None = None,
-                        **options: Any) -> SAE:
-        """Load SAE ``sae_id`` of a registry ``release`` (SAELens's names) or of a Hub repo id ``org/name``.
+                        format: str | None = None, **options: Any) -> SAE:
+        """Load SAE ``sae_id`` of a release (SAELens's names) or of a Hub repo id ``org/name``.
 
-        Goes through huggingface_hub (cache, ``revision``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, tokens) and
-        fetches only the files the format needs; see :func:`sae_hub.hub.from_pretrained`.
+        :meth:`load_from_disk` with two steps in front: where the SAE is (:func:`sae_hub.releases.locate`,
+        before any I/O) and its files, downloaded and verified (:func:`sae_hub.hub.fetch`: huggingface_hub's
+        cache, ``revision``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``/``local_files_only``, tokens; only the files the
+        format needs). For a repo id, ``sae_id`` is the folder (or file) inside it and the format is detected
+        unless ``format`` names a loader. ``options`` go to the loader; the release table's facts (hook names,
+        Neuronpedia id, normalisation constants, ``config:`` overrides) are applied by
+        :func:`sae_hub.loading.load_local` with them.
         """
-        from sae_hub.hub import from_pretrained
+        from sae_hub import hub
+        from sae_hub.loading import load_local
+        from sae_hub.releases import locate
 
-        return from_pretrained(release, sae_id, device=device, dtype=dtype, revision=revision,
-                               force_download=force_download, local_files_only=local_files_only, **options)
+        src = locate(release, sae_id, revision=revision, format=format)
+        with hub.fetch(src, offline=local_files_only, force=force_download) as got:
+            cfg, state_dict, source = load_local(got.path, format=got.format, options=options, facts=src.facts,
+                                                 files=got.files)
+        return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
 
     @staticmethod
-    def get_config(release: str, sae_id: str, **kwargs: Any) -> SAEConfig:
-        """The config of a published SAE without loading (for most formats: without fetching) its weights."""
-        from sae_hub.hub import get_config
+    def get_config(release: str, sae_id: str, *, revision: str | None = None, local_files_only: bool | None = None,
+                   format: str | None = None, **options: Any) -> SAEConfig:
+        """The config of a published SAE without loading (for most formats: without fetching) its weights.
 
-        return get_config(release, sae_id, **kwargs)
+        The same steps as :meth:`from_pretrained`, fetching less: formats whose loader reads the config alone
+        fetch only those files; formats with safetensors weights have only their headers and small tensors
+        read (byte ranges); otherwise (``.npz``/``.pt`` weights, or offline) the weights are fetched
+        (memory-mapped, not read) and their shapes fill the config.
+        """
+        from sae_hub import hub
+        from sae_hub.loading import load_local, load_local_config
+        from sae_hub.releases import locate
+
+        src = locate(release, sae_id, revision=revision, format=format)
+        with hub.fetch(src, offline=local_files_only, config=True) as got:
+            if got.config_only:
+                return load_local_config(got.path, format=got.format, options=options, facts=src.facts,
+                                         files=got.files)
+            cfg, _, _ = load_local(got.path, format=got.format, options=options, facts=src.facts, files=got.files)
+        return cfg
 
     def push_to_hub(self, repo_id: str, path_in_repo: str | None = None, *, revision: str | None = None,
                     private: bool | None = None, commit_message: str | None = None, token: str | None = None,
-                    sparsity: torch.Tensor | None = None) -> str:
-        """Upload this SAE (native format + model card) to a Hub repo; returns the commit URL."""
-        from sae_hub.hub import push_to_hub
+                    sparsity: torch.Tensor | None = None, saelens_compatible: bool = True) -> str:
+        """Upload this SAE (native format + model card) to a Hub repo; returns the commit URL.
 
-        return push_to_hub(self, repo_id, path_in_repo, revision=revision, private=private,
-                           commit_message=commit_message, token=token, sparsity=sparsity)
+        Saved as :meth:`save_pretrained` does (``saelens_compatible=False`` for a variant SAELens cannot compute,
+        e.g. a zscore SAE, which then uploads as a sae-hub-only folder), into a temporary folder that
+        :func:`sae_hub.hub.push_folder` uploads with a card built from this config. A save that refuses does so
+        before anything is sent.
+        """
+        import tempfile
+
+        from sae_hub import hub
+
+        with tempfile.TemporaryDirectory(prefix="sae-hub-push-") as tmp:
+            try:
+                self.save_pretrained(tmp, sparsity=sparsity, saelens_compatible=saelens_compatible)
+            except IncompatibleSaveError as e:
+                where = f"hf://{repo_id}" + (f"/{path_in_repo.strip('/')}" if path_in_repo else "")
+                raise IncompatibleSaveError(e.message, path=where, field=e.field) from None
+            return hub.push_folder(tmp, self.cfg, repo_id, path_in_repo, revision=revision, private=private,
+                                   commit_message=commit_message, token=token)
 
     def neuronpedia_url(self, feature: int) -> str:
-        """The Neuronpedia page of a feature (needs ``cfg.neuronpedia_id``, which registry releases provide)."""
+        """The Neuronpedia page of a feature (needs ``cfg.neuronpedia_id``, which releases provide)."""
         if not self.cfg.neuronpedia_id:
-            raise ConfigError("this SAE has no neuronpedia_id (load it from a registry release that lists one, "
+            raise ConfigError("this SAE has no neuronpedia_id (load it from a release that lists one, "
                               "or set cfg.neuronpedia_id)", field="neuronpedia_id")
         if not 0 <= int(feature) < self.cfg.d_sae:
             raise ConfigError(f"feature {feature} is out of range [0, {self.cfg.d_sae})", field="feature")
-        from sae_hub.analysis.neuronpedia import resolve_base_url
+        from sae_hub.neuronpedia_base import resolve_base_url
 
         return f"{resolve_base_url()}/{self.cfg.neuronpedia_id}/{int(feature)}"
 

@@ -14,12 +14,12 @@ Every failure (offline, timeout, HTTP error, a body that is not a feature) raise
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from sae_hub.errors import ConfigError, NeuronpediaError
+from sae_hub.neuronpedia_base import DEFAULT_BASE_URL, ENV_VAR, resolve_base_url
 
 if TYPE_CHECKING:
     from sae_hub.sae import SAE
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "NeuronpediaError", "NeuronpediaFeature", "feature", "feature_api_url",
            "resolve_base_url"]
 
-DEFAULT_BASE_URL = "https://www.neuronpedia.org"
-ENV_VAR = "NEURONPEDIA_URL"
 
 
 @dataclass(frozen=True)
@@ -46,12 +44,6 @@ class NeuronpediaFeature:
     url: str  # the feature's page
     api_url: str
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
-
-
-def resolve_base_url(explicit: str | None = None) -> str:
-    """The Neuronpedia base URL in use: ``explicit``, else ``$NEURONPEDIA_URL``, else the public site."""
-    url = explicit or os.environ.get(ENV_VAR) or DEFAULT_BASE_URL
-    return url.rstrip("/")
 
 
 def _split_id(neuronpedia_id: str) -> tuple[str, str]:
