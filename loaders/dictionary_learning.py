@@ -65,7 +65,10 @@ _SCALED = {
 def detect(path: Path) -> bool:
     """A dictionary_learning ``ae.pt`` / ``checkpoints/ae_<step>.pt``, or a trainer folder holding ``ae.pt``.
 
-    The file name decides; a missing ``config.json`` is reported by the loader, not hidden by detection.
+    The file name decides; a missing ``config.json`` is reported by the loader, not hidden by detection. Its
+    state dicts share their keys with other formats' (nanoSAE), so this format is registered with a higher
+    ``priority``: it wins an ``ae.pt``, and the other ``.pt`` files of a trainer folder are nobody's (see
+    :func:`sae_hub.loading.detect_format`).
     """
     if path.is_file():
         return bool(_CHECKPOINT.match(path.name))
@@ -80,7 +83,7 @@ def _find_config(weights: Path) -> Path | None:
 
 
 @register_loader("dictionary-learning", files=[WEIGHTS, CONFIG], detect=detect,
-                 options=["normalize_decoder", "k", "use_threshold"])
+                 options=["normalize_decoder", "k", "use_threshold"], priority=10)
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """dictionary_learning trainer output (``ae.pt`` + ``config.json``)."""
     weights = path if path.is_file() else path / WEIGHTS

@@ -61,6 +61,13 @@ def path_info(path: Path) -> dict[str, Any]:
     return info
 
 
+@register_loader(
+    "gemma-scope",
+    files=[PARAMS],
+    detect=detect,
+    options=["embedding"],
+    description="Google Gemma Scope (Gemma 2) JumpReLU SAEs/transcoders (params.npz)",
+)
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """Gemma Scope (Gemma 2) ``params.npz`` JumpReLU SAE or transcoder."""
     file = path / PARAMS if path.is_dir() else path
@@ -123,12 +130,3 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
     for c in conversions:
         cfg.record(c)
     return cfg, tensors
-
-
-register_loader(
-    "gemma-scope",
-    files=[PARAMS],
-    detect=detect,
-    options=["embedding"],
-    description="Google Gemma Scope (Gemma 2) JumpReLU SAEs/transcoders (params.npz)",
-)(load)

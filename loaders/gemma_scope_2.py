@@ -98,6 +98,13 @@ def _folder_hooks(parts: tuple[str, ...]) -> tuple[str | None, str | None]:
     return None, None
 
 
+@register_loader(
+    "gemma-scope-2",
+    files=[PARAMS, CONFIG],
+    detect=detect,
+    options=["clt_decoder"],
+    description="Google Gemma Scope 2 (Gemma 3) JumpReLU SAEs/transcoders (params.safetensors)",
+)
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """Gemma Scope 2 ``params.safetensors`` (SAE, transcoder, affine transcoder; CLT file with an option)."""
     file = path / PARAMS if path.is_dir() else path
@@ -206,12 +213,3 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
     for c in conversions:
         cfg.record(c)
     return cfg, out
-
-
-register_loader(
-    "gemma-scope-2",
-    files=[PARAMS, CONFIG],
-    detect=detect,
-    options=["clt_decoder"],
-    description="Google Gemma Scope 2 (Gemma 3) JumpReLU SAEs/transcoders (params.safetensors)",
-)(load)

@@ -305,6 +305,14 @@ def _decoder_norm(W_D: torch.Tensor) -> torch.Tensor:
     return W_D.float().norm(dim=1)
 
 
+@register_loader(
+    "lm-saes",
+    files=[CONFIG, HYPERPARAMS, LM_CONFIG, *WEIGHT_CANDIDATES],
+    detect=detect,
+    options=["fold_activation_scale", "batchtopk", "threshold", "calibration_activations",
+             "dataset_average_activation_norm"],
+    description="OpenMOSS lm-saes / llamascopium SAEs (eras A, B1, B2, C; Llama Scope)",
+)
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """lm-saes / llamascopium folder (eras A, B1, B2, C)."""
     folder = _folder(path)
@@ -709,13 +717,3 @@ def _load_era_a(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Te
     for c in conversions:
         cfg.record(c)
     return cfg, sd_out
-
-
-register_loader(
-    "lm-saes",
-    files=[CONFIG, HYPERPARAMS, LM_CONFIG, *WEIGHT_CANDIDATES],
-    detect=detect,
-    options=["fold_activation_scale", "batchtopk", "threshold", "calibration_activations",
-             "dataset_average_activation_norm"],
-    description="OpenMOSS lm-saes / llamascopium SAEs (eras A, B1, B2, C; Llama Scope)",
-)(load)

@@ -28,7 +28,6 @@ Options: ``dataset_normalization`` (``"zscore"`` or ``None``/``"none"``), ``k`` 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,10 +40,8 @@ from sae_hub.errors import (
     ConfigError,
     CorruptFileError,
     MissingFileError,
-    SaeHubError,
     UnsupportedSAEError,
 )
-from sae_hub.files import read_json
 from sae_hub.loading import register_loader
 from sae_hub.safe_pickle import Stub, module_state_dict, peek_for_detection, qualname_of, safe_load
 
@@ -53,7 +50,6 @@ STATE_DICT_FILE = "state_dict.pt"
 _CLASSES = {"nanosae.models.SAE": "SAE", "nanosae.models.sae.SAE": "SAE", "nanosae.models.topk.SAETopK": "SAETopK"}
 _REQUIRED = {"encoder.weight", "encoder.bias", "decoder.weight"}
 _OPTIONAL = {"decoder.bias", "b_dec", "bias"}
-_DL_CHECKPOINT = re.compile(r"^ae(_\d+)?\.pt$")
 
 
 def _is_nanosae_object(obj: Any) -> bool:
@@ -75,29 +71,15 @@ def _is_nanosae_object(obj: Any) -> bool:
 def detect(path: Path) -> bool:
     """A nanoSAE pickle or state dict: a ``.pt`` file, or a folder's ``sae.pt`` / ``state_dict.pt``.
 
-    dictionary_learning's ``ae.pt`` (same keys as nanoSAE for ``AutoEncoderNew``) is left to that loader.
+    Other formats store the same keys (dictionary_learning's ``AutoEncoder``/``AutoEncoderNew``); which one a
+    file is, the loader registry's precedence decides (those formats declare a higher priority), not this.
     """
-    folder = path.parent if path.is_file() else path
-    if _dictionary_learning_folder(folder) or _dictionary_learning_folder(folder.parent):
-        return False  # same keys as dictionary_learning's AutoEncoder / AutoEncoderNew: not ours
     if path.is_file():
-        if path.suffix not in (".pt", ".pth") or _DL_CHECKPOINT.match(path.name):
+        if path.suffix not in (".pt", ".pth"):
             return False
         return _is_nanosae_object(peek_for_detection(path, own=path.name in (PICKLE_FILE, STATE_DICT_FILE)))
     return any((path / n).is_file() and _is_nanosae_object(peek_for_detection(path / n, own=True))
                for n in (PICKLE_FILE, STATE_DICT_FILE))
-
-
-def _dictionary_learning_folder(folder: Path) -> bool:
-    """A dictionary_learning trainer folder: ``config.json`` with a ``trainer`` object."""
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        data = read_json(cfg)
-    except SaeHubError:
-        return False
-    return isinstance(data, dict) and isinstance(data.get("trainer"), dict)
 
 
 def _pick(path: Path) -> Path | None:

@@ -70,6 +70,12 @@ def _hooks(hookpoint: str, transcode: bool) -> tuple[str | None, str | None]:
     return None, None
 
 
+@register_loader(
+    "sparsify",
+    files=[CONFIG, WEIGHTS],
+    detect=detect,
+    description="EleutherAI sparsify sparse coders (cfg.json + sae.safetensors per hookpoint)",
+)
 def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """EleutherAI sparsify sparse coder folder (``cfg.json`` + ``sae.safetensors``)."""
     folder = path if path.is_dir() else path.parent
@@ -197,11 +203,3 @@ def _need(sd: dict[str, torch.Tensor], key: str, ndim: int, path: Path) -> torch
     if t.dim() != ndim:
         raise ShapeMismatchError(f"tensor {key!r} has {t.dim()} dims, expected {ndim}", path=path, field=key)
     return t
-
-
-register_loader(
-    "sparsify",
-    files=[CONFIG, WEIGHTS],
-    detect=detect,
-    description="EleutherAI sparsify sparse coders (cfg.json + sae.safetensors per hookpoint)",
-)(load)
