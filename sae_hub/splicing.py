@@ -1,4 +1,4 @@
-"""Splicing SAEs into TransformerLens models, and reading their features off a forward pass.
+"""Splicing SAEs into models, and reading their features off a forward pass.
 
 Two entry points:
 
@@ -9,26 +9,23 @@ Two entry points:
 * :func:`run_with_saes` — one forward pass that returns the features of one or several SAEs at once, dense
   or sparse, stopping the model right after the last hook it needs unless asked to splice.
 
-Works with TransformerLens 4's ``TransformerBridge`` (after ``enable_compatibility_mode()``, which provides
-the HookedTransformer hook names and the ``[batch, pos, n_heads, d_head]`` shape of ``attn.hook_z``) and with
-TransformerLens 3's ``HookedTransformer``. Only the API both share is used:
+Works on every model kind :func:`sae_hub.adapters.adapt` recognises: TransformerLens 4's ``TransformerBridge``
+(after ``enable_compatibility_mode()``, which provides the HookedTransformer hook names and the
+``[batch, pos, n_heads, d_head]`` shape of ``attn.hook_z``), TransformerLens 3's ``HookedTransformer``, a plain
+``transformers`` ``PreTrainedModel`` (SAE hooks placed by :mod:`sae_hub.sites`; pass ``tokenizer=`` for text) and
+an ``nnsight`` ``LanguageModel``. This module never branches on the kind: it talks to the model only through the
+adapter (attach hooks for a block, tokenize, run a forward pass). Hooks are removed on exit, even when the body
+raised, and hooks the user attached are left alone.
 
-* ``model.hook_dict`` (name -> ``HookPoint``; on the bridge a property that also lists alias names),
-* ``HookPoint.add_hook(fn, dir="fwd", level=L)`` and ``HookPoint.remove_hooks("fwd", level=L)``: every hook
-  this module attaches carries a private context level, so exiting removes exactly those hooks, even when
-  the body raised, and leaves hooks the user attached (``model.hooks(...)``, permanent hooks) alone,
-* ``model.check_hooks_to_add`` (when present) so a gated hook (``hook_mlp_in``, ``attn.hook_result``...
-  that only fires after ``set_use_*(True)``) is refused instead of silently never firing,
-* ``model.to_tokens`` and ``model(tokens)``.
-
-transformer_lens itself is never imported here: the model object brings its own classes, so ``import sae_hub``
-stays free of transformer_lens / transformers.
+transformer_lens, transformers and nnsight are never imported here: the model object brings its own classes, so
+``import sae_hub`` stays free of them.
 
 The seams, public so that :mod:`sae_hub.training` (activation sources, ``evaluate``) reads and writes models
 through this module alone, and so that another kind of model (plain Hugging Face, say) can slot in by
 providing the same few operations:
 
-* :class:`Site` — *where* an SAE reads from and writes to: a hook point name and an optional head, and how a
+* :class:`Site` — *where* an SAE reads from and writes to: a hook point name and an optional head (plus, for
+  Hugging Face models, ``hf_hook_name`` and the TransformerLens weight processing the name refers to), and how a
   hook activation maps to the SAE's ``[..., width]`` space and back;
 * :func:`hooks_attached` — attach ``(hook_name, fn)`` pairs for a block, removing exactly them afterwards;
 * :class:`StopForward` and :func:`run_to_hooks` — one forward pass cut as soon as the needed hooks fired;
@@ -38,8 +35,6 @@ providing the same few operations:
 
 from __future__ import annotations
 
-import difflib
-import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -47,15 +42,19 @@ from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
-from sae_hub.errors import ConfigError
+from sae_hub.adapters import ModelAdapter, StopForward, adapt
+from sae_hub.errors import ConfigError, ShapeMismatchError
+from sae_hub.sites import DEFAULT_PROCESSING, Processing
 
 if TYPE_CHECKING:
     from sae_hub.sae import SAE
 
 __all__ = [
+    "ModelAdapter",
     "Site",
     "SpliceHandle",
     "StopForward",
+    "adapt",
     "hooks_attached",
     "model_device",
     "reconstruct",
@@ -67,19 +66,6 @@ __all__ = [
 SAEs = Union["SAE", Sequence["SAE"], Mapping[str, "SAE"]]
 FeatureEdit = Callable[[torch.Tensor], torch.Tensor | None]
 SparseFeatures = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
-
-# Context levels for our hooks: far above the small integers TransformerLens's own ``hooks()`` contexts use,
-# and unique per splice, so ``remove_hooks(level=...)`` removes ours and nothing else.
-_LEVELS = itertools.count(1 << 40)
-
-
-class StopForward(Exception):
-    """Raised from a hook to end a forward pass once every needed activation has been read.
-
-    The caller suppresses it around ``model(tokens)``; raising is the one way to cut a pass short that works on
-    TransformerLens 3 and 4 alike, and it costs only the layers up to the deepest hook.
-    """
-
 
 @dataclass
 class SpliceHandle:
@@ -139,80 +125,43 @@ def _named_saes(saes: SAEs) -> dict[str, SAE]:
     return out
 
 
-def _hook_point(model: Any, hook_dict: Mapping[str, Any], name: str) -> Any:
-    """The model's HookPoint called ``name``; a ConfigError listing the closest names if there is none."""
-    hp = hook_dict.get(name)
-    if hp is None:
-        close = difflib.get_close_matches(name, list(hook_dict), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else (
-            f"; no close match among its {len(hook_dict)} hook points (see model.hook_dict)"
-        )
-        raise ConfigError(f"hook {name!r} is not a hook point of this model{hint}", field="hook_name")
-    return hp
-
-
-def _attach(model: Any, hp: Any, name: str, fn: Callable[..., Any], level: int) -> None:
-    """Attach ``fn`` directly to the HookPoint (called once per firing, with our private ``level``).
-
-    ``check_hooks_to_add`` refuses gated hook points (TransformerLens 4 raises ValueError, 3 AssertionError).
-    """
-    check = getattr(model, "check_hooks_to_add", None)
-    if check is not None:
-        try:
-            check(hp, name, fn, dir="fwd")
-        except (ValueError, AssertionError) as e:
-            raise ConfigError(f"cannot hook {name!r}: {e}", field="hook_name") from e
-        except TypeError:
-            pass  # a wrapper model with its own, differently shaped check: nothing we can ask it
-    hp.add_hook(fn, dir="fwd", level=level)
-
-
 # ------------------------------------------------------------- seams (public: training, evaluate, model kinds)
 
 
 @contextmanager
-def hooks_attached(model: Any, hooks: list[tuple[str, Callable[..., Any]]]) -> Iterator[None]:
-    """Attach ``(hook_name, fn)`` pairs for the duration of the block; always removes exactly them.
+def hooks_attached(model: Any, hooks: Sequence[tuple[str | Site, Callable[..., Any]]]) -> Iterator[None]:
+    """Attach ``(hook, fn)`` pairs for the duration of the block; always removes exactly them.
 
-    ``fn(act, hook)`` is called once per firing and may return a replacement activation (TransformerLens's hook
-    signature). An unknown hook name is a :class:`~sae_hub.errors.ConfigError` listing the closest names; a
-    gated hook point the model would never fire is refused. Hooks are removed on exit, also when the block
-    raises, and hooks the user attached are left alone (ours carry a private context level).
+    ``hook`` is a TransformerLens hook name or a :class:`Site`; ``model`` any model kind (or a
+    :class:`~sae_hub.adapters.ModelAdapter`). ``fn(act, hook)`` is called once per firing with TransformerLens's
+    activation at that hook and may return a replacement (TransformerLens's hook signature, on every kind). An
+    unknown hook name is a :class:`~sae_hub.errors.ConfigError` listing the closest names (TransformerLens) or
+    a :class:`~sae_hub.sites.HookSiteError` naming the module paths considered (Hugging Face); a gated hook point
+    the model would never fire is refused. Hooks are removed on exit, also when the block raises, and hooks the
+    user attached are left alone.
     """
-    level = next(_LEVELS)
-    hook_dict = model.hook_dict  # a computed property on the bridge: fetch once
-    points = [(name, _hook_point(model, hook_dict, name), fn) for name, fn in hooks]
-    touched: list[Any] = []
-    try:
-        for name, hp, fn in points:
-            touched.append(hp)
-            _attach(model, hp, name, fn, level)
+    with adapt(model).hooks(list(hooks)):
         yield
-    finally:
-        for hp in {id(h): h for h in touched}.values():
-            hp.remove_hooks("fwd", level=level)
 
 
 def model_device(model: Any) -> torch.device:
     """The device of the model's first parameter (where its input tokens go); ``model.cfg.device``, else CPU,
     for a model without parameters."""
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device(getattr(getattr(model, "cfg", None), "device", None) or "cpu")
+    return adapt(model).device
 
 
-def run_to_hooks(model: Any, tokens: torch.Tensor, hook_names: Sequence[str]) -> dict[str, torch.Tensor]:
+def run_to_hooks(model: Any, tokens: torch.Tensor, hook_names: Sequence[str | Site]) -> dict[str, torch.Tensor]:
     """One forward pass of ``tokens``, cut as soon as every hook in ``hook_names`` has fired.
 
     The cut raises :class:`StopForward` from the last hook to fire (as :func:`run_with_saes` does), which works
-    on TransformerLens 3 and 4 alike and costs only the layers up to the deepest hook. Returns the raw hook
-    activations (``[batch, pos, ...]``, still inference tensors when called under ``inference_mode``). A hook
-    that never fires is a :class:`~sae_hub.errors.ConfigError`.
+    on every model kind and costs only the layers up to the deepest hook. Returns the hook activations by hook
+    name (``[batch, pos, ...]``, still inference tensors when called under ``inference_mode``). A hook that never
+    fires is a :class:`~sae_hub.errors.ConfigError`.
     """
-    names = list(dict.fromkeys(hook_names))
+    adapter = adapt(model)
+    sites = list({(h if isinstance(h, str) else h.hook_name): h for h in hook_names}.items())
     acts: dict[str, torch.Tensor] = {}
-    waiting = set(names)
+    waiting = {name for name, _ in sites}
 
     def capture(name: str) -> Any:
         def hook(act: torch.Tensor, hook: Any) -> None:
@@ -223,8 +172,8 @@ def run_to_hooks(model: Any, tokens: torch.Tensor, hook_names: Sequence[str]) ->
 
         return hook
 
-    with hooks_attached(model, [(n, capture(n)) for n in names]), suppress(StopForward):
-        model(tokens.to(model_device(model)))
+    with adapter.hooks([(site, capture(name)) for name, site in sites]), suppress(StopForward):
+        adapter.forward(tokens)
     if waiting:
         raise ConfigError(
             f"hook(s) {sorted(waiting)} never fired during the forward pass: this model does not call them",
@@ -243,15 +192,29 @@ class Site:
     ``hook_head_index`` of a per-head activation (the head axis is ``-2``, as in TransformerLens's
     ``hook_z``/``hook_q``/``hook_k``/``hook_v``). A transcoder uses its input site's layout for its output hook
     too. Errors name ``hook_name``.
+
+    On a Hugging Face model, ``hf_hook_name`` (SAELens's field: a module path) places the SAE instead of the rule
+    for ``hook_name``, and ``processing`` says which TransformerLens weight processing ``hook_name``'s tensor
+    assumes (see :mod:`sae_hub.sites`); TransformerLens models ignore both.
     """
 
     hook_name: str
     head: int | None = None
+    hf_hook_name: str | None = None
+    processing: Processing = DEFAULT_PROCESSING
 
     @classmethod
-    def of(cls, sae: SAE) -> Site:
-        """The site of ``sae`` (its ``cfg.hook_name`` and ``cfg.hook_head_index``)."""
-        return cls(str(sae.cfg.hook_name), sae.cfg.hook_head_index)
+    def of(cls, sae: SAE, *, output: bool = False) -> Site:
+        """The site of ``sae``: its ``cfg.hook_name`` (``output=True``: where a transcoder writes,
+        ``hook_name_out``), ``cfg.hook_head_index``, ``hf_hook_name`` / ``hf_hook_name_out`` and the processing its
+        ``model_from_pretrained_kwargs`` record."""
+        cfg = sae.cfg
+        kwargs = (cfg.extra or {}).get("model_from_pretrained_kwargs")
+        processing = Processing.from_kwargs(kwargs if isinstance(kwargs, dict) else None)
+        if output:
+            hf = cfg.hf_hook_name_out if cfg.hook_name_out and cfg.hook_name_out != cfg.hook_name else cfg.hf_hook_name
+            return cls(str(cfg.output_hook_name), cfg.hook_head_index, hf, processing)
+        return cls(str(cfg.hook_name), cfg.hook_head_index, cfg.hf_hook_name, processing)
 
     def read(self, act: torch.Tensor, width: int, device: torch.device | None = None) -> torch.Tensor:
         """The ``[..., width]`` SAE-space view of a hook activation, moved to ``device`` (the SAE's) if given."""
@@ -267,9 +230,9 @@ class Site:
         elif x.shape[-1] != width and x.dim() >= 2 and x.shape[-2] * x.shape[-1] == width:
             x = x.flatten(-2)  # [..., n_heads, d_head] -> [..., n_heads * d_head]
         if x.shape[-1] != width:
-            raise ConfigError(
-                f"the activation at {self.hook_name!r} has shape {list(act.shape)}, which does not "
-                f"fit this SAE's width {width}",
+            raise ShapeMismatchError(
+                f"the activation at {self.hook_name!r} has shape {list(act.shape)}: {x.shape[-1]} wide, which does "
+                f"not fit this SAE's width {width}",
                 field="d_in",
             )
         return x.to(device) if device is not None else x
@@ -299,9 +262,9 @@ def reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor, state: Any) -> torch
 # ----------------------------------------------------------------------------------------------- splice hooks
 
 
-def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
+def _splice_hooks(handle: SpliceHandle) -> list[tuple[Site, Callable[..., Any]]]:
     """The hooks that implement a splice: one per SAE, two for a transcoder (read input, write output)."""
-    hooks: list[tuple[str, Callable[..., Any]]] = []
+    hooks: list[tuple[Site, Callable[..., Any]]] = []
     for key, sae in handle.saes.items():
         site = Site.of(sae)
 
@@ -335,7 +298,7 @@ def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
                     recon = recon.float() + (x.float() - clean.float()).detach()
                 return site.write(act, recon)
 
-            hooks.append((str(sae.cfg.hook_name), replace))
+            hooks.append((site, replace))
             continue
 
         pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -345,9 +308,11 @@ def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
             _, recon, clean = encode_decode(act)
             pending["out"] = (recon, clean)
 
+        out_site = Site.of(sae, output=True)
+
         def write_output(act: torch.Tensor, hook: Any,
                          pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = pending,
-                         site: Site = site, sae: SAE = sae) -> torch.Tensor:
+                         site: Site = out_site, sae: SAE = sae) -> torch.Tensor:
             if "out" not in pending:
                 raise ConfigError(
                     f"the transcoder's output hook {sae.cfg.hook_name_out!r} fired before its input hook "
@@ -360,8 +325,8 @@ def _splice_hooks(handle: SpliceHandle) -> list[tuple[str, Callable[..., Any]]]:
                 recon = recon.float() + (y.float() - clean.float()).detach()
             return site.write(act, recon)
 
-        hooks.append((str(sae.cfg.hook_name), read_input))
-        hooks.append((str(sae.cfg.output_hook_name), write_output))
+        hooks.append((site, read_input))
+        hooks.append((out_site, write_output))
     return hooks
 
 
@@ -383,8 +348,10 @@ def splice(model: Any, saes: SAEs, *, use_error_term: bool = False,
     (``edits``) and differentiated, which is what attribution and steering experiments need.
 
     Reconstructions are cast to the activation's dtype and device (the SAE may live elsewhere, e.g. fp32
-    SAE on a bf16 model). The hooks are attached straight to the model's HookPoints under a private context
-    level and are removed on exit, also when the block raises; hooks the user attached are untouched.
+    SAE on a bf16 model). ``model`` is any kind :func:`~sae_hub.adapters.adapt` accepts (TransformerLens 3/4,
+    a ``transformers`` model, an nnsight ``LanguageModel``); every site is placed, and its width checked against
+    the SAE's (:class:`~sae_hub.errors.ShapeMismatchError` naming both), before anything is attached. The hooks
+    are removed on exit, also when the block raises; hooks the user attached are untouched.
 
     Example::
 
@@ -398,8 +365,18 @@ def splice(model: Any, saes: SAEs, *, use_error_term: bool = False,
     unknown = set(handle.edits) - set(named)
     if unknown:
         raise ConfigError(f"edits for unknown SAE key(s) {sorted(unknown)}; keys are {sorted(named)}")
-    with hooks_attached(model, _splice_hooks(handle)):
+    adapter = adapt(model)
+    _check_sites(adapter, named)
+    with adapter.hooks(_splice_hooks(handle)):
         yield handle
+
+
+def _check_sites(adapter: ModelAdapter, named: Mapping[str, SAE]) -> None:
+    """Place every SAE's site(s) and check widths before any hook is attached or any forward runs."""
+    for sae in named.values():
+        adapter.check(Site.of(sae), sae.cfg.d_in)
+        if sae.cfg.is_transcoder:
+            adapter.check(Site.of(sae, output=True), int(sae.cfg.d_out or sae.cfg.d_in))
 
 
 _splice = splice  # run_with_saes has a parameter called ``splice``
@@ -415,6 +392,7 @@ def run_with_saes(
     use_error_term: bool = False,
     stop_early: bool = True,
     prepend_bos: bool | None = None,
+    tokenizer: Any = None,
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Run the model once and return ``(logits or None, {key: features})`` for one or several SAEs.
 
@@ -428,23 +406,24 @@ def run_with_saes(
     the logits are then ``None``. With ``splice=True`` the reconstructions replace the activations (see
     :func:`splice`, ``use_error_term``) and the full pass runs, returning logits.
 
-    Text (a string or list of strings) is tokenised with ``model.to_tokens`` (``prepend_bos`` passed on when
-    given); a token tensor is used as is. Runs under ``torch.no_grad()``; use :func:`splice` for gradients.
+    ``model`` is any kind :func:`~sae_hub.adapters.adapt` accepts. Text (a string or list of strings) is
+    tokenised as TransformerLens's ``to_tokens`` does (BOS first unless ``prepend_bos=False``; a ``transformers``
+    model needs ``tokenizer=``, an nnsight model brings its own); a token tensor is used as is. Runs under
+    ``torch.no_grad()``; use :func:`splice` for gradients.
     A hook that never fires during the pass (TransformerLens lists a few that a given architecture never
     calls) raises :class:`~sae_hub.errors.ConfigError` rather than returning nothing.
     """
     named = _named_saes(saes)
+    adapter = adapt(model, tokenizer)
     if isinstance(tokens_or_text, torch.Tensor):
         tokens = tokens_or_text
     else:
-        text = tokens_or_text if isinstance(tokens_or_text, str) else list(tokens_or_text)
-        kwargs = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-        tokens = model.to_tokens(text, **kwargs)
+        tokens = adapter.to_tokens(tokens_or_text, prepend_bos)
 
     with torch.no_grad():
         if splice:
-            with _splice(model, named, use_error_term=use_error_term) as handle:
-                logits = model(tokens)
+            with _splice(adapter, named, use_error_term=use_error_term) as handle:
+                logits = adapter.forward(tokens)
             missing = [k for k in named if k not in handle.features]
             _check_fired(named, missing)
             feats: dict[str, Any] = {}
@@ -453,9 +432,10 @@ def run_with_saes(
                 feats[key] = _to_sparse(sae, f) if sparse else f
             return logits, feats
 
+        _check_sites(adapter, named)
         feats = {}
         waiting = set(named)
-        hooks: list[tuple[str, Callable[..., Any]]] = []
+        hooks: list[tuple[Site, Callable[..., Any]]] = []
         for key, sae in named.items():
             site = Site.of(sae)
             use_topk = sparse and sae.cfg.architecture == "topk"
@@ -472,12 +452,12 @@ def run_with_saes(
                 if stop_early and not waiting:
                     raise StopForward
 
-            hooks.append((str(sae.cfg.hook_name), read))
+            hooks.append((site, read))
 
         logits: torch.Tensor | None = None
-        with hooks_attached(model, hooks):
+        with adapter.hooks(hooks):
             try:
-                out = model(tokens)
+                out = adapter.forward(tokens)
                 logits = None if stop_early else out
             except StopForward:
                 pass

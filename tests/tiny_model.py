@@ -152,3 +152,82 @@ def boot_tiny_model(path: str | os.PathLike[str], *, compatibility_mode: bool = 
         model.enable_compatibility_mode(disable_warnings=True)
     model.eval()
     return model
+
+
+# ----------------------------------------------------------------------------- one tiny model per HF family
+
+#: family -> (transformers config class name, its kwargs beyond the shared tiny sizes). Gemma 2's soft-capping is
+#: kept on (a family trait); GPT-NeoX keeps its parallel residual (Pythia's), so it has no hook_resid_mid.
+FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpt2": ("GPT2Config", {"n_embd": D_MODEL, "n_layer": N_LAYERS, "n_head": N_HEADS, "n_positions": N_CTX}),
+    "gpt_neox": ("GPTNeoXConfig", {"hidden_size": D_MODEL, "num_hidden_layers": N_LAYERS,
+                                   "num_attention_heads": N_HEADS, "intermediate_size": 4 * D_MODEL,
+                                   "rotary_pct": 0.25, "use_parallel_residual": True,
+                                   "max_position_embeddings": N_CTX}),
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "gemma": ("GemmaConfig", {"head_dim": D_HEAD}),
+    "gemma2": ("Gemma2Config", {"head_dim": D_HEAD, "query_pre_attn_scalar": D_HEAD, "sliding_window": 64}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": D_HEAD, "query_pre_attn_scalar": D_HEAD,
+                                         "sliding_window": 64}),
+    "qwen2": ("Qwen2Config", {}),  # q/k/v biases on: TransformerLens folds the value bias out of hook_z
+    "qwen3": ("Qwen3Config", {"head_dim": D_HEAD}),
+}
+
+_LLAMA_LIKE = {"hidden_size": D_MODEL, "num_hidden_layers": N_LAYERS, "num_attention_heads": N_HEADS,
+               "num_key_value_heads": N_HEADS // 2, "intermediate_size": 2 * D_MODEL,
+               "max_position_embeddings": N_CTX, "tie_word_embeddings": False}
+
+
+def _randomise(model: Any, seed: int) -> None:
+    """Weights at scales where every transform matters: unit-ish activations, norm gains away from 1, non-zero
+    biases (a zero LayerNorm or value bias would hide a wrong fold)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
+            if "norm" in name or ".ln" in name or name.endswith(("ln_f.weight", "ln_f.bias")):
+                is_offset = type(model).__name__.startswith("Gemma")  # Gemma norms scale by (1 + w)
+                base = 0.0 if (name.endswith("bias") or is_offset) else 1.0
+                p.copy_(base + 0.2 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.2 * noise)
+            else:
+                fan_in = p.shape[-1] if p.dim() > 1 else 1
+                if "c_attn" in name or "c_fc" in name or "c_proj" in name:  # GPT-2 Conv1D: [in, out]
+                    fan_in = p.shape[0]
+                p.copy_(noise / fan_in ** 0.5)
+
+
+def build_tiny_family_dir(family: str, path: str | os.PathLike[str]) -> Path:
+    """Write a seeded tiny ``family`` checkpoint (2 layers, d_model 64, 4 heads, the in-process tokenizer) into
+    ``path``: what ``AutoModelForCausalLM.from_pretrained(path)`` and ``TransformerBridge.boot_transformers(path)``
+    load offline."""
+    import transformers
+
+    cls_name, extra = FAMILY_CONFIGS[family]
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer()
+    kwargs = dict(_LLAMA_LIKE) if cls_name not in ("GPT2Config", "GPTNeoXConfig") else {}
+    kwargs.update(extra)
+    config = getattr(transformers, cls_name)(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **kwargs,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    _randomise(model, SEED + 1)
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def load_hf(path: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a tiny checkpoint, float32, eval mode, eager attention, on CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    return model.eval(), AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,419 @@
+"""One adapter per kind of model, detected once: everything model-facing in sae-hub goes through it.
+
+:func:`adapt` recognises four kinds of model and returns a :class:`ModelAdapter` that provides exactly the
+operations splicing, training and analysis need, so that no other code branches on the kind:
+
+* ``hooks(pairs)`` — a context manager attaching ``(site, fn)`` pairs, where ``site`` is a TransformerLens hook
+  name or a :class:`~sae_hub.splicing.Site`; ``fn(act, hook)`` sees TransformerLens's activation at that hook and
+  may return a replacement. Exactly these hooks are removed on exit, also when the block raised; hooks the user
+  attached are left alone.
+* ``check(site, width, head)`` — place a site before running, so a hook that cannot be placed or an SAE of the
+  wrong width fails before any forward pass;
+* ``to_tokens(text, prepend_bos)``, ``forward(tokens)`` (logits; a hook may end it early with
+  :class:`StopForward`), ``device``;
+* ``unembed()`` (``W_U [d_model, d_vocab]``, ``b_U``) and ``final_norm(resid)`` for the logit lens.
+
+Kinds:
+
+* TransformerLens 4 ``TransformerBridge`` (in compatibility mode) and TransformerLens 3 ``HookedTransformer``
+  (anything with a ``hook_dict`` of ``HookPoint``\\ s): :class:`TransformerLensAdapter`. Hooks go straight onto
+  the HookPoints under a private context level (``HookPoint.add_hook(..., level=L)`` / ``remove_hooks(level=L)``;
+  the bridge's ``hooks()`` may call a hook once per alias name, which would apply a replacement twice).
+* A ``transformers`` ``PreTrainedModel`` (+ a tokenizer when text is given): :class:`HuggingFaceAdapter`. Sites
+  are placed by :mod:`sae_hub.sites`; hooks are torch forward (pre-)hooks whose handles are kept and removed.
+* An ``nnsight`` ``LanguageModel`` (or any nnsight ``Envoy`` over a ``transformers`` model):
+  :class:`NNsightAdapter`, a :class:`HuggingFaceAdapter` over the torch module nnsight wraps (``lm._module``;
+  ``lm._model`` in nnsight < 0.5) with ``lm.tokenizer``. Chosen because it is faithful (the same module objects
+  run inside ``lm.trace(...)`` and ``lm.generate(...)``, so a splice is in effect there too) and the torch hook
+  handles are removable; going through nnsight's tracing would need its interventions to be re-entered per
+  forward and cannot be cut short by an exception.
+
+Nothing here imports ``transformer_lens``, ``transformers`` or ``nnsight``: the kind is recognised from the
+object's classes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from sae_hub.errors import ConfigError, ShapeMismatchError
+from sae_hub.sites import DEFAULT_PROCESSING, HFSite, HookSiteError, Processing, family_of_model, resolve_hf_site
+
+__all__ = [
+    "HuggingFaceAdapter",
+    "ModelAdapter",
+    "NNsightAdapter",
+    "StopForward",
+    "TransformerLensAdapter",
+    "adapt",
+]
+
+HookFn = Callable[..., Any]
+SiteLike = Any  # str | Site
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass once every needed activation has been read.
+
+    The caller suppresses it around the forward; raising is the one way to cut a pass short that works on every
+    model kind, and it costs only the layers up to the deepest hook.
+    """
+
+
+def _site_parts(site: SiteLike) -> tuple[str, int | None, str | None, Processing]:
+    """``(hook_name, head, hf_hook_name, processing)`` of a hook name or a Site."""
+    if isinstance(site, str):
+        return site, None, None, DEFAULT_PROCESSING
+    return (str(site.hook_name), site.head, getattr(site, "hf_hook_name", None),
+            getattr(site, "processing", None) or DEFAULT_PROCESSING)
+
+
+def _check_width(hook_name: str, width: int | None, d_in: int, head: int | None, heads: tuple[int, int] | None,
+                 model_cls: str) -> None:
+    """ShapeMismatchError naming both numbers when an SAE of width ``d_in`` cannot read a site of ``width``."""
+    if width is None:
+        return
+    fits = d_in == width or (head is not None and heads is not None and d_in == heads[1])
+    if not fits:
+        what = f"d_head={heads[1]} per head, " if heads is not None else ""
+        raise ShapeMismatchError(
+            f"the SAE's d_in={d_in} does not fit {hook_name!r} in {model_cls}, which is {what}{width} wide",
+            field="d_in",
+        )
+
+
+class ModelAdapter:
+    """The operations sae-hub needs from a model (see the module docstring); subclasses implement them."""
+
+    kind: str = "?"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    # -- placing and hooking
+    def check(self, site: SiteLike, d_in: int | None = None) -> None:
+        """Raise now (ConfigError/HookSiteError/ShapeMismatchError) if ``site`` cannot be hooked or read by an SAE
+        of width ``d_in``."""
+        raise NotImplementedError
+
+    @contextmanager
+    def hooks(self, pairs: Sequence[tuple[SiteLike, HookFn]]) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    # -- running
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[batch, pos, d_vocab]`` of ``tokens`` (moved to the model's device)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        """Where input tokens go: the device of the first parameter (CPU for a model without any)."""
+        try:
+            return next(self.torch_module.parameters()).device
+        except (StopIteration, AttributeError, TypeError):
+            return torch.device(getattr(getattr(self.model, "cfg", None), "device", None) or "cpu")
+
+    @property
+    def torch_module(self) -> torch.nn.Module:
+        return self.model
+
+    # -- logit lens
+    def unembed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W_U [d_model, d_vocab], b_U [d_vocab] or None)``."""
+        raise NotImplementedError
+
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        """The model's final normalisation applied to residual-stream vectors ``[..., d_model]``."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------- TransformerLens
+
+# Context levels for our hooks: far above the small integers TransformerLens's own ``hooks()`` contexts use,
+# and unique per block, so ``remove_hooks(level=...)`` removes ours and nothing else.
+_LEVELS = itertools.count(1 << 40)
+
+
+class TransformerLensAdapter(ModelAdapter):
+    """TransformerLens 4 ``TransformerBridge`` (compatibility mode) or TransformerLens 3 ``HookedTransformer``.
+
+    Only the API both share is used: ``model.hook_dict`` (name -> HookPoint; on the bridge a property that also
+    lists alias names, so it is fetched once per block), ``HookPoint.add_hook(fn, dir="fwd", level=L)`` /
+    ``remove_hooks("fwd", level=L)``, ``model.check_hooks_to_add`` (when present: a gated hook point such as
+    ``hook_mlp_in`` is refused instead of silently never firing), ``model.to_tokens`` and ``model(tokens)``.
+    """
+
+    kind = "transformer_lens"
+
+    def _hook_point(self, hook_dict: Any, name: str) -> Any:
+        hp = hook_dict.get(name)
+        if hp is None:
+            close = difflib.get_close_matches(name, list(hook_dict), n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else (
+                f"; no close match among its {len(hook_dict)} hook points (see model.hook_dict)"
+            )
+            raise ConfigError(f"hook {name!r} is not a hook point of this model{hint}", field="hook_name")
+        return hp
+
+    def _attach(self, hp: Any, name: str, fn: HookFn, level: int) -> None:
+        check = getattr(self.model, "check_hooks_to_add", None)
+        if check is not None:
+            try:
+                check(hp, name, fn, dir="fwd")
+            except (ValueError, AssertionError) as e:  # TransformerLens 4 raises ValueError, 3 AssertionError
+                raise ConfigError(f"cannot hook {name!r}: {e}", field="hook_name") from e
+            except TypeError:
+                pass  # a wrapper model with its own, differently shaped check: nothing we can ask it
+        hp.add_hook(fn, dir="fwd", level=level)
+
+    def check(self, site: SiteLike, d_in: int | None = None) -> None:
+        self._hook_point(self.model.hook_dict, _site_parts(site)[0])
+
+    @contextmanager
+    def hooks(self, pairs: Sequence[tuple[SiteLike, HookFn]]) -> Iterator[None]:
+        level = next(_LEVELS)
+        hook_dict = self.model.hook_dict
+        points = [(name, self._hook_point(hook_dict, name), fn) for name, fn in
+                  ((_site_parts(s)[0], fn) for s, fn in pairs)]
+        touched: list[Any] = []
+        try:
+            for name, hp, fn in points:
+                touched.append(hp)
+                self._attach(hp, name, fn, level)
+            yield
+        finally:
+            for hp in {id(h): h for h in touched}.values():
+                hp.remove_hooks("fwd", level=level)
+
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None) -> torch.Tensor:
+        kwargs = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+        return self.model.to_tokens(text if isinstance(text, str) else list(text), **kwargs)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens.to(self.device))
+
+    def unembed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.W_U, getattr(self.model, "b_U", None)
+
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.model.ln_final(resid)
+
+
+# ------------------------------------------------------------------------------------------ Hugging Face
+
+# What our own hooks wrote, so that a later hook of ours on the same site reads TransformerLens's tensor as the
+# earlier one left it (a chain of SAEs on one hook, evaluate's save/splice/restore) instead of re-deriving it
+# from the written tensor (which would, e.g., re-centre it): id(hf tensor) -> (weakref, site key, tl tensor).
+_WRITTEN: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tensor]] = {}
+
+
+def _remember(hf: torch.Tensor, key: tuple[Any, ...], tl: torch.Tensor) -> None:
+    ident = id(hf)
+    _WRITTEN[ident] = (weakref.ref(hf, lambda _r, ident=ident: _WRITTEN.pop(ident, None)), key, tl)
+
+
+def _tl_view(site: HFSite, key: tuple[Any, ...], t: torch.Tensor, module_input: torch.Tensor | None
+             ) -> torch.Tensor:
+    hit = _WRITTEN.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == key:
+        return hit[2]
+    return site.to_tl(t, module_input)
+
+
+class HuggingFaceAdapter(ModelAdapter):
+    """A ``transformers`` ``PreTrainedModel`` (``*ForCausalLM``), with ``tokenizer`` for text input.
+
+    Sites come from :func:`sae_hub.sites.resolve_hf_site` (TransformerLens hook name -> module, side, transform;
+    ``hf_hook_name`` wins). A hook function sees TransformerLens's tensor there and what it returns is mapped
+    back into the model. The forward pass is ``model(input_ids=tokens, use_cache=False).logits``.
+    """
+
+    kind = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any = None) -> None:
+        super().__init__(model)
+        self.tokenizer = tokenizer
+        self._sites: dict[tuple[str, str | None, Processing], HFSite] = {}
+
+    @property
+    def hf_model(self) -> Any:
+        return self.model
+
+    @property
+    def torch_module(self) -> torch.nn.Module:
+        return self.hf_model
+
+    def site(self, site: SiteLike) -> HFSite:
+        """The bound :class:`~sae_hub.sites.HFSite` of a hook name or Site (cached per adapter)."""
+        name, _, hf_name, processing = _site_parts(site)
+        key = (name, hf_name, processing)
+        found = self._sites.get(key)
+        if found is None:
+            found = self._sites[key] = resolve_hf_site(self.hf_model, name, hf_hook_name=hf_name,
+                                                       processing=processing)
+        return found
+
+    def check(self, site: SiteLike, d_in: int | None = None) -> None:
+        hf = self.site(site)
+        if d_in is not None:
+            _check_width(hf.hook_name, hf.width, d_in, _site_parts(site)[1], hf.heads, type(self.hf_model).__name__)
+
+    @contextmanager
+    def hooks(self, pairs: Sequence[tuple[SiteLike, HookFn]]) -> Iterator[None]:
+        bound = [(self.site(s), s, fn) for s, fn in pairs]  # place everything before attaching anything
+        handles: list[Any] = []
+        try:
+            for hf, s, fn in bound:
+                handles.append(self._register(hf, s, fn))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _register(self, hf: HFSite, site: SiteLike, fn: HookFn) -> Any:
+        hook_arg = site if not isinstance(site, str) else hf
+        key = (hf.module_path, hf.side, hf.center, hf.heads, hf.value_bias is not None, hf.norm is not None)
+        model_cls = type(self.hf_model).__name__
+
+        if hf.side == "output":
+            def fwd_hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+                is_tuple = isinstance(output, tuple)
+                t = output[0] if is_tuple else output
+                if not isinstance(t, torch.Tensor):
+                    raise HookSiteError(f"{hf.module_path} ({model_cls}) returned {type(output).__name__}, not a "
+                                        f"tensor, so {hf.hook_name!r} cannot be read there", field="hook_name")
+                act = _tl_view(hf, key, t, args[0] if args else None)
+                new = fn(act, hook_arg)
+                if new is None:
+                    return None
+                new_hf = hf.from_tl(new, t)
+                _remember(new_hf, key, new)
+                return (new_hf, *output[1:]) if is_tuple else new_hf
+
+            return hf.module.register_forward_hook(fwd_hook)
+
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                t = args[0]
+            else:
+                t = kwargs.get("hidden_states", kwargs.get("input"))
+            if not isinstance(t, torch.Tensor):
+                raise HookSiteError(f"{hf.module_path} ({model_cls}) was called without a tensor first argument, "
+                                    f"so {hf.hook_name!r} cannot be read there", field="hook_name")
+            act = _tl_view(hf, key, t, None)
+            new = fn(act, hook_arg)
+            if new is None:
+                return None
+            new_hf = hf.from_tl(new, t)
+            _remember(new_hf, key, new)
+            if args:
+                return (new_hf, *args[1:]), kwargs
+            name = "hidden_states" if "hidden_states" in kwargs else "input"
+            return args, {**kwargs, name: new_hf}
+
+        return hf.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None) -> torch.Tensor:
+        """Token ids ``[batch, pos]`` as TransformerLens's ``to_tokens`` makes them: BOS first unless
+        ``prepend_bos=False`` (whether or not the tokenizer adds one itself), right padding."""
+        tok = self.tokenizer
+        if tok is None:
+            raise ConfigError(
+                f"text was given for a {type(self.hf_model).__name__}, which has no tokenizer: pass tokenizer= "
+                "(e.g. AutoTokenizer.from_pretrained(the same path)) or token ids",
+                field="tokenizer",
+            )
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        bos = getattr(tok, "bos_token_id", None)
+        if prepend_bos is not False and bos is not None:
+            rows = [[bos, *r] for r in rows]
+        pad = getattr(tok, "pad_token_id", None)
+        pad = pad if pad is not None else (getattr(tok, "eos_token_id", None) or 0)
+        width = max((len(r) for r in rows), default=0)
+        out = torch.full((len(rows), width), int(pad), dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf_model(input_ids=tokens.to(self.device), use_cache=False).logits
+
+    def unembed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        head = self.hf_model.get_output_embeddings()
+        return head.weight.T, getattr(head, "bias", None)
+
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.hf_model.get_submodule(family_of_model(self.hf_model).final_norm)(resid)
+
+
+class NNsightAdapter(HuggingFaceAdapter):
+    """An ``nnsight`` ``LanguageModel``: a :class:`HuggingFaceAdapter` over the torch module it wraps."""
+
+    kind = "nnsight"
+
+    def __init__(self, model: Any, tokenizer: Any = None) -> None:
+        inner = None
+        for attr in ("_module", "_model"):  # nnsight >= 0.5 / older
+            try:
+                inner = object.__getattribute__(model, attr)
+                break
+            except AttributeError:
+                continue
+        if not isinstance(inner, torch.nn.Module):
+            raise ConfigError(f"cannot find the torch module inside {type(model).__name__} (looked for ._module "
+                              "and ._model)", field="model")
+        if tokenizer is None:
+            try:
+                tokenizer = object.__getattribute__(model, "tokenizer")
+            except AttributeError:
+                tokenizer = None
+        super().__init__(inner, tokenizer)
+        self.model = model
+        self._inner = inner
+
+    @property
+    def hf_model(self) -> Any:
+        return self._inner
+
+
+# ------------------------------------------------------------------------------------------------- detection
+
+
+def _class_names(obj: Any) -> list[tuple[str, str]]:
+    return [(c.__module__, c.__name__) for c in type(obj).__mro__]
+
+
+def adapt(model: Any, tokenizer: Any = None) -> ModelAdapter:
+    """The :class:`ModelAdapter` for ``model`` (returned as is when it already is one).
+
+    ``tokenizer`` is used by a ``transformers`` model for text input (an nnsight model brings its own). An object
+    of no known kind is a :class:`~sae_hub.errors.ConfigError` naming its class and the kinds accepted.
+    """
+    if isinstance(model, ModelAdapter):
+        if tokenizer is not None and isinstance(model, HuggingFaceAdapter):
+            model.tokenizer = tokenizer
+        return model
+    names = _class_names(model)
+    if any(mod.startswith("nnsight") for mod, _ in names):
+        return NNsightAdapter(model, tokenizer)
+    if any(mod.startswith("transformers") and n == "PreTrainedModel" for mod, n in names):
+        return HuggingFaceAdapter(model, tokenizer)
+    if hasattr(type(model), "hook_dict") or "hook_dict" in getattr(model, "__dict__", {}):
+        return TransformerLensAdapter(model)
+    raise ConfigError(
+        f"cannot run SAEs on a {type(model).__name__}: expected a TransformerLens HookedTransformer / "
+        "TransformerBridge, a transformers PreTrainedModel or an nnsight LanguageModel",
+        field="model",
+    )
