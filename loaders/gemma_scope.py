@@ -27,8 +27,8 @@ import torch
 
 from sae_hub.config import SAEConfig
 from sae_hub.errors import ConfigError, ShapeMismatchError
+from sae_hub.files import read_npz
 from sae_hub.loading import register_loader
-from sae_hub.safe_pickle import read_npz
 
 __all__ = ["detect", "load", "path_info"]
 

@@ -45,7 +45,9 @@ checkpoint's own code runs, and nothing is imported: the real libraries need not
 :func:`module_state_dict` flattens them like ``nn.Module.state_dict``.
 
 Pure state dicts are read with :func:`load_weights_only` (the same path without stand-ins). NumPy archives must
-be read with :func:`read_npz` (``allow_pickle=False`` semantics plus size checks), never ``np.load`` defaults.
+be read with :func:`sae_hub.files.read_npz` (``allow_pickle=False`` semantics plus size checks), never
+``np.load`` defaults (an ``.npz`` is a zip of ``.npy`` arrays, not a pickle, so its reader lives there; it is
+re-exported here for old imports).
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ import _compat_pickle
 import contextlib
 import hashlib
 import io
-import math
 import os
 import pickle
 import pickletools
@@ -62,7 +63,6 @@ import struct
 import tarfile
 import threading
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -70,6 +70,7 @@ from typing import IO, Any, ClassVar
 import torch
 
 from sae_hub.errors import CorruptFileError, SaeHubError, UnsafeCheckpointError, UnsupportedSAEError
+from sae_hub.files import MAX_DEFLATE_RATIO, read_npz
 
 __all__ = [
     "LIBRARY_PREFIXES",
@@ -98,8 +99,6 @@ MAX_PICKLE_BYTES = 64 << 20
 _TORCH_METADATA_RECORDS = ("version", ".data/version", ".data/serialization_id", ".format_version",
                            ".storage_alignment", "byteorder")
 _MAX_METADATA_BYTES = 4096
-# deflate cannot compress better than ~1032:1; a record that claims more is a lie (a zip bomb or a damaged header)
-_MAX_DEFLATE_RATIO = 1032
 # module trees: real ones are < 20 deep with < 10k submodule paths; shared submodules multiply paths
 _MAX_MODULE_DEPTH = 128
 _MAX_MODULE_PATHS = 100_000
@@ -932,7 +931,7 @@ def _check_record(info: zipfile.ZipInfo | None, name: str, nbytes: int | None, p
     if info.compress_type != zipfile.ZIP_DEFLATED:
         raise CorruptFileError(f"record {name} uses zip compression method {info.compress_type} (torch writes "
                                "stored or deflated records only)", path=path, field=name)
-    if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+    if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
         raise CorruptFileError(f"deflated record {name} claims {info.file_size} bytes from {info.compress_size} "
                                "compressed bytes, more than deflate can produce", path=path, field=name)
     return False
@@ -1008,134 +1007,3 @@ def load_weights_only(path: str | os.PathLike[str]) -> Any:
     """
     p = Path(path)
     return _typed_errors(p, _load, p, False, False)
-
-
-def read_npz(path: str | os.PathLike[str], keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
-    """Arrays of an ``.npz`` as tensors, never unpickling anything (object arrays are refused).
-
-    Members stored uncompressed (what ``np.savez`` writes, e.g. Gemma Scope's ``params.npz``) are read straight
-    from the file into each array, checking the zip CRC-32 piece by piece while the bytes are in cache (one
-    copy instead of ``np.load``'s two, ~10% faster, same checks); compressed members go through the zip stream.
-    Each member's header is checked against its size before anything is allocated, so a truncated, damaged or
-    lying archive is a :class:`CorruptFileError` naming the array. ``keep(name)`` picks the arrays to read:
-    of the others only the .npy header is read (an unneeded deflated member could inflate to GiBs).
-    """
-    p = Path(path)
-    if not p.is_file():
-        from sae_hub.errors import MissingFileError
-
-        raise MissingFileError("required file not found", path=p)
-    try:
-        with open(p, "rb") as f:
-            zf = zipfile.ZipFile(f)
-            out: dict[str, torch.Tensor] = {}
-            for info in zf.infolist():
-                if info.filename.endswith(".npy"):
-                    name = info.filename.removesuffix(".npy")
-                    _check_npz_entry(info, p, name)
-                    try:
-                        if keep is not None and not keep(name):  # header only: object arrays are still refused
-                            with zf.open(info) as member:
-                                _check_npy_header(member, info.file_size, p, name)
-                            continue
-                        out[name] = _npy_tensor(_read_npz_member(zf, f, info, p, name), p, name)
-                    except SaeHubError:
-                        raise
-                    except (OSError, zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
-                        raise CorruptFileError(f"cannot read this array: {type(e).__name__}: {e}", path=p,
-                                               field=name) from None
-            return out
-    except SaeHubError:
-        raise
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
-        raise CorruptFileError(f"cannot read this .npz: {type(e).__name__}: {e}", path=p) from None
-
-
-def _check_npz_entry(info: zipfile.ZipInfo, p: Path, name: str) -> None:
-    """The zip entry's own sizes, before anything is read: stored entries lie inside the file, deflated ones claim
-    no more than deflate can produce (the .npy header is then checked against the entry size)."""
-    if info.header_offset + 30 + info.compress_size > p.stat().st_size:
-        raise CorruptFileError("zip entry runs past the end of the file", path=p, field=name)
-    if info.compress_type == zipfile.ZIP_STORED:
-        if info.compress_size != info.file_size:
-            raise CorruptFileError(f"stored zip entry has compressed size {info.compress_size} != size "
-                                   f"{info.file_size}", path=p, field=name)
-    elif info.compress_type == zipfile.ZIP_DEFLATED:
-        if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
-            raise CorruptFileError(f"deflated zip entry claims {info.file_size} bytes from {info.compress_size} "
-                                   "compressed bytes, more than deflate can produce", path=p, field=name)
-    else:
-        raise CorruptFileError(f"zip compression method {info.compress_type} (numpy writes stored or deflated "
-                               "entries only)", path=p, field=name)
-
-
-def _read_npz_member(zf: zipfile.ZipFile, f: IO[bytes], info: zipfile.ZipInfo, p: Path, name: str) -> Any:
-    import numpy as np
-
-    if info.compress_type != zipfile.ZIP_STORED:
-        with zf.open(info) as member:
-            _check_npy_header(member, info.file_size, p, name)
-        with zf.open(info) as member:
-            return np.lib.format.read_array(member, allow_pickle=False)
-    f.seek(info.header_offset)
-    local = f.read(30)
-    if len(local) < 30 or local[:4] != b"PK\x03\x04":
-        raise CorruptFileError("zip entry has no local header where the directory says", path=p, field=name)
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    f.seek(start)
-    shape, fortran, dtype = _check_npy_header(f, info.file_size, p, name)
-    data_start = f.tell()
-    trailing = info.file_size - (data_start - start) - math.prod(shape) * dtype.itemsize
-    if trailing < 0:
-        raise CorruptFileError(f"array header and data overrun its {info.file_size}-byte zip entry",
-                               path=p, field=name)
-    f.seek(start)
-    crc = zlib.crc32(f.read(data_start - start))
-    arr = np.empty(math.prod(shape), dtype=dtype)
-    raw = memoryview(arr.view(np.uint8))
-    for pos in range(0, len(raw), _NPZ_CHUNK):  # read each piece and checksum it while it is in cache
-        piece = raw[pos:pos + _NPZ_CHUNK]
-        if f.readinto(piece) != len(piece):
-            raise CorruptFileError("file is truncated inside this array", path=p, field=name)
-        crc = zlib.crc32(piece, crc)
-    crc = zlib.crc32(f.read(trailing), crc)  # bytes np.load would ignore, but the CRC covers them
-    if crc != info.CRC:
-        raise CorruptFileError("zip CRC-32 mismatch: the array's bytes are damaged", path=p, field=name)
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-
-
-_NPZ_CHUNK = 1 << 20
-
-
-def _check_npy_header(f: IO[bytes], size: int, p: Path, name: str) -> tuple[tuple[int, ...], bool, Any]:
-    """``(shape, fortran_order, dtype)`` of an .npy header; refuses object arrays and headers that promise more
-    bytes than the member holds, before anything is allocated."""
-    import numpy as np
-
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise CorruptFileError(f".npy format version {version} is not one that holds plain numeric arrays",
-                               path=p, field=name)
-    if dtype.hasobject:
-        raise UnsafeCheckpointError("the .npz holds pickled object arrays; refusing to unpickle them",
-                                    path=p, field=name)
-    needed = math.prod(shape) * dtype.itemsize
-    if needed > size:
-        raise CorruptFileError(f"array header promises {needed} bytes ({dtype}, shape {list(shape)}) but the "
-                               f"entry holds {size}", path=p, field=name)
-    return shape, fortran, dtype
-
-
-def _npy_tensor(arr: Any, p: Path, name: str) -> torch.Tensor:
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    try:
-        return torch.from_numpy(arr)
-    except TypeError:
-        raise CorruptFileError(f"array has dtype {arr.dtype}, not a number type a tensor can hold",
-                               path=p, field=name) from None
