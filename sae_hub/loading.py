@@ -43,6 +43,7 @@ from sae_hub.errors import (
     MissingFileError,
     RegistryError,
     SaeHubError,
+    UnsupportedSAEError,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class Loader:
     config_files: tuple[str, ...] = ()
     load_config: ConfigFn | None = None
     priority: int = 0
+    kind: str = "sae"  # what load returns: "sae" (SAEConfig) or "multilayer" (sae_hub.multilayer.MultiLayerConfig)
 
     @functools.cached_property
     def _heads(self) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -120,6 +122,7 @@ def register_loader(
     config_files: Iterable[str] = (),
     load_config: ConfigFn | None = None,
     priority: int = 0,
+    kind: str = "sae",
 ) -> Callable[[LoadFn], LoadFn]:
     """Decorator registering ``load(path, options) -> (SAEConfig, state_dict)`` as format ``name``.
 
@@ -135,6 +138,10 @@ def register_loader(
     other: the more specific format declares the higher number (dictionary_learning's ``ae.pt`` holds the same
     keys as a nanoSAE state dict, so ``dictionary-learning`` has priority 10, everything else 0). See
     :func:`detect_format` for the rule.
+
+    ``kind="multilayer"`` declares a loader of transcoder sets / cross-layer transcoders: its ``load`` returns a
+    :class:`sae_hub.multilayer.MultiLayerConfig` and canonical multi-layer tensors, and only
+    ``MultiLayerDictionary.load_from_disk`` runs it (``SAE.load_from_disk`` on such files says so).
     """
     if not name or not isinstance(name, str):
         raise LoaderRegistrationError(f"a loader needs a non-empty string name, got {name!r}")
@@ -145,6 +152,8 @@ def register_loader(
         raise LoaderRegistrationError(f"loader {name!r}: declare the files it reads")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise LoaderRegistrationError(f"loader {name!r}: priority must be an int, got {priority!r}")
+    if kind not in ("sae", "multilayer"):
+        raise LoaderRegistrationError(f"loader {name!r}: kind must be 'sae' or 'multilayer', got {kind!r}")
 
     def decorator(fn: LoadFn) -> LoadFn:
         if not callable(fn):
@@ -158,7 +167,7 @@ def register_loader(
             )
         doc = description if description is not None else (fn.__doc__ or "").strip().split("\n")[0]
         _LOADERS[name] = Loader(name, fn, detect, patterns, tuple(options), doc, tuple(config_files), load_config,
-                                priority)
+                                priority, kind)
         _DETECTED.clear()
         return fn
 
@@ -516,7 +525,7 @@ def load_local_config(path: str | Path, *, format: str, options: Mapping[str, An
 
 def load_local(
     path: str | Path, *, format: str | None = None, options: Mapping[str, Any] | None = None,
-    facts: Facts | None = None, files: list[dict[str, str]] | None = None,
+    facts: Facts | None = None, files: list[dict[str, str]] | None = None, kind: str = "sae",
 ) -> tuple[SAEConfig, dict[str, torch.Tensor], str]:
     """Run a loader on local files: ``(config, canonical state_dict, source path)``.
 
@@ -524,7 +533,8 @@ def load_local(
     into a :class:`CorruptFileError` naming the loader and the path. ``facts`` (what a release table says about
     this SAE) reach the loader as the options it takes and are then applied by :func:`apply_facts`; ``files``
     replaces the provenance's file list when the caller knows more than the folder does (the hub's
-    ``hf://repo@commit/name`` and the sha256 it verified).
+    ``hf://repo@commit/name`` and the sha256 it verified). ``kind`` is what the caller builds ("sae" or
+    "multilayer"); a loader of the other kind is refused before it reads anything, naming the class to use.
     """
     p = Path(path)
     if format is None:
@@ -533,6 +543,11 @@ def load_local(
         _check_path(p)  # missing, or a FIFO/device that would block or never end
         name = format
     loader = get_loader(name)
+    if loader.kind != kind:
+        what, use = (("a multi-layer dictionary (transcoder set or CLT)", "sae_hub.MultiLayerDictionary")
+                     if loader.kind == "multilayer" else ("a single-layer SAE", "sae_hub.SAE"))
+        raise UnsupportedSAEError(f"format {name!r} holds {what}; load it with {use}.load_from_disk", path=p,
+                                  field="format")
     opts = _checked_options(loader, p, _with_facts(loader, options, facts))
     try:
         cfg, state_dict = loader.load(p, opts)
