@@ -384,3 +384,73 @@ def test_every_hub_request_names_sae_hub_in_the_user_agent(hub, tmp_path):
     agents = {r.headers.get("user-agent", "") for r in requests}
     assert all(a.startswith(f"sae-hub/{sae_hub.__version__};") for a in agents), agents
     assert not hub.errors
+
+
+def test_push_to_hub_saelens_compatible_false_uploads_a_variant_saelens_cannot_compute(hub):
+    """A zscore SAE cannot be saved SAELens-compatibly: the default push refuses before sending anything (naming
+    the destination), and saelens_compatible=False uploads the sae-hub-only folder, which loads back exactly."""
+    from sae_hub.errors import IncompatibleSaveError
+
+    g = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig(architecture="relu", d_in=16, d_sae=32, normalize_activations="zscore", model_name="gpt2",
+                        hook_name="blocks.1.hook_resid_post"))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    with pytest.raises(IncompatibleSaveError, match="saelens_compatible=False") as e:
+        sae.push_to_hub("me/zscore", "layer1")
+    assert e.value.path == "hf://me/zscore/layer1" and e.value.field == "normalize_activations"
+    assert hub.requests == []  # refused before the repo was even created
+    assert sae.push_to_hub("me/zscore", "layer1", saelens_compatible=False)
+    cfg = json.loads(hub.files("me/zscore")["layer1/cfg.json"])
+    assert cfg["architecture"].startswith("sae_hub_only:")
+    back = SAE.from_pretrained("me/zscore", "layer1")
+    x = torch.randn(5, 16, generator=g)
+    torch.testing.assert_close(back(x), sae(x))
+    assert back.cfg.normalize_activations == "zscore"
+
+
+@pytest.mark.parametrize("spelling", ["", ".", "/", "./", "//"])
+def test_source_path_is_normalised_once(spelling):
+    """Every spelling of "the repo root" is the root, decided where the source is resolved (``Source.path``)."""
+    from sae_hub.releases import locate
+
+    src = locate(REPO, spelling)
+    assert src.path == "" and src.is_root and src.label == REPO
+    assert src.join("cfg.json") == "cfg.json" and src.under(Path("/snap")) == Path("/snap")
+    inner = locate(REPO, "/blocks.3/topk/")
+    assert inner.path == "blocks.3/topk" and not inner.is_root and inner.label == f"{REPO}/blocks.3/topk"
+    assert inner.join("cfg.json") == "blocks.3/topk/cfg.json"
+    assert inner.under(Path("/snap")) == Path("/snap/blocks.3/topk")
+    assert src.facts is None and src.format is None
+
+
+def test_release_facts_reach_the_loader_as_options_without_a_warning(tmp_path):
+    """A release's norm_scaling_factor for a SAELens folder that needs one is the loader's own option: nothing
+    warns that the factor is unknown (the hub used to silence that warning and patch the config afterwards)."""
+    import shutil
+    import warnings
+
+    folder = tmp_path / "saes" / "L3"
+    shutil.copytree(FIX / "topk", folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["normalize_activations"] = "expected_average_only_in"
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    sae_hub.registry.add({"releases": [{"name": "lab-scaled", "model": "gpt2", "local_path": str(tmp_path / "saes"),
+                                        "format": "saelens",
+                                        "saes": [{"id": "l3", "path": "L3", "norm_scaling_factor": 2.5}]}]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the load
+        sae = SAE.from_pretrained("lab-scaled", "l3")
+        got = SAE.get_config("lab-scaled", "l3")
+    assert sae.cfg.norm_scaling_factor == 2.5 and got.norm_scaling_factor == 2.5
+    from sae_hub.loading import load_local
+    from sae_hub.releases import locate
+
+    with warnings.catch_warnings():  # the loader itself, with no filter anywhere on the way
+        warnings.simplefilter("error")
+        cfg, _, _ = load_local(folder, format="saelens", facts=locate("lab-scaled", "l3").facts)
+    assert cfg.norm_scaling_factor == 2.5 and cfg.extra["release"] == {"name": "lab-scaled", "sae_id": "l3"}
+    with pytest.warns(UserWarning, match="norm_scaling_factor"):  # the folder alone: the loader does warn
+        SAE.load_from_disk(folder)
+
