@@ -77,7 +77,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for the SAE and report.html (default: a temp dir)")
     p.add_argument("--steps", type=int, default=1500, help="training steps (batches of 1024 tokens)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--release", help="real flow: a registry release (needs the Hub)")
+    p.add_argument("--release", help="real flow: a release of the release table (needs the Hub)")
     p.add_argument("--sae-id", help="real flow: the SAE id in that release")
 
 

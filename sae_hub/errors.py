@@ -101,7 +101,7 @@ class FormatDetectionError(SaeHubError):
 
 
 class LoaderRegistrationError(SaeHubError):
-    """A loader name is registered twice, or a loader is malformed."""
+    """A loader name is registered twice in the loader registry, or a loader is malformed."""
 
 
 class RegistryError(ConfigError):
@@ -121,7 +121,8 @@ class DownloadError(SaeHubError, OSError):
 
 
 class IntegrityError(SaeHubError):
-    """A file's sha256 differs from the one the registry pins; the file was not used."""
+    """A file's bytes differ from the hash the Hub states for them or the sha256 the release table pins; the file
+    was not used."""
 
 
 class MissingDependencyError(SaeHubError, ImportError):

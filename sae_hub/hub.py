@@ -65,7 +65,7 @@ __all__ = ["Fetched", "fetch", "fetch_hub_file", "model_card", "push_folder", "r
 _GLOB = re.compile(r"[*?\[]")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
-_TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".md")  # config/docs: never the weights a registry pins
+_TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".md")  # config/docs: never the weights a release pins
 _MARKERS = ".sae_hub_verified"  # inside a cached repo folder, beside blobs/ (huggingface_hub's scans ignore it)
 
 

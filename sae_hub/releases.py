@@ -559,7 +559,7 @@ def get_release(name: str) -> Release:
     by_repo = sorted(r.name for r in table.values() if r.repo_id == name)
     if by_repo:
         raise UnknownReleaseError(
-            f"{name!r} is a Hub repo id, not a release name; the registry knows it as release(s) "
+            f"{name!r} is a Hub repo id, not a release name; the release table lists it as release(s) "
             f"{', '.join(by_repo)}: use SAE.from_pretrained({by_repo[0]!r}, <sae_id>)", field=name)
     close = difflib.get_close_matches(name, list(table), n=5, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ""
