@@ -325,8 +325,9 @@ class HuggingFaceAdapter(ModelAdapter):
         return hf.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None) -> torch.Tensor:
-        """Token ids ``[batch, pos]`` as TransformerLens's ``to_tokens`` makes them: BOS first unless
-        ``prepend_bos=False`` (whether or not the tokenizer adds one itself), right padding."""
+        """Token ids ``[batch, pos]`` as TransformerLens 4's ``to_tokens`` makes them: BOS first unless
+        ``prepend_bos=False`` (whether or not the tokenizer adds one itself; ``None``: the family's default, as in
+        TransformerLens, which is no BOS for GPT-NeoX and Qwen), right padding."""
         tok = self.tokenizer
         if tok is None:
             raise ConfigError(
@@ -337,7 +338,12 @@ class HuggingFaceAdapter(ModelAdapter):
         texts = [text] if isinstance(text, str) else list(text)
         rows = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
         bos = getattr(tok, "bos_token_id", None)
-        if prepend_bos is not False and bos is not None:
+        if prepend_bos is None:
+            try:
+                prepend_bos = family_of_model(self.hf_model).default_prepend_bos
+            except HookSiteError:
+                prepend_bos = True
+        if prepend_bos and bos is not None:
             rows = [[bos, *r] for r in rows]
         pad = getattr(tok, "pad_token_id", None)
         pad = pad if pad is not None else (getattr(tok, "eos_token_id", None) or 0)

@@ -122,6 +122,7 @@ class Family:
     qkv: str = "split"  # how the value bias is stored: "split" (v_proj), "gpt2" (c_attn), "neox" (query_key_value)
     gated_mlp: bool = True
     moe: bool = False
+    default_prepend_bos: bool = True  # TransformerLens 4's default for the family (False: Pythia, Qwen 2/3)
 
 
 def _llama_like(name: str, **kw: Any) -> Family:
@@ -149,13 +150,13 @@ FAMILIES: dict[str, Family] = {
         name="gpt_neox", layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
         attn="attention", o_proj="attention.dense", mlp="mlp", down_proj="mlp.dense_4h_to_h",
         ln1="input_layernorm", ln2="post_attention_layernorm", norm="ln", mlp_in_proj="mlp.dense_h_to_4h",
-        qkv="neox", gated_mlp=False,
+        qkv="neox", gated_mlp=False, default_prepend_bos=False,
     ),
     "llama": _llama_like("llama"),
     "mistral": _llama_like("mistral"),
-    "qwen2": _llama_like("qwen2"),
-    "qwen3": _llama_like("qwen3"),
-    "qwen3_moe": _llama_like("qwen3_moe", moe=True, mlp_in_proj=None, mlp_up_proj=None),
+    "qwen2": _llama_like("qwen2", default_prepend_bos=False),
+    "qwen3": _llama_like("qwen3", default_prepend_bos=False),
+    "qwen3_moe": _llama_like("qwen3_moe", moe=True, mlp_in_proj=None, mlp_up_proj=None, default_prepend_bos=False),
     "gemma": _llama_like("gemma", norm="rms_offset", embed_scaled=True),
     "gemma2": _llama_like("gemma2", **_GEMMA2_NORMS),
     "gemma3_text": _llama_like("gemma3_text", **_GEMMA2_NORMS),

@@ -231,3 +231,25 @@ def load_hf(path: str | os.PathLike[str]) -> tuple[Any, Any]:
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
     return model.eval(), AutoTokenizer.from_pretrained(str(path))
+
+
+_FAMILY_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def tiny_family(family: str, root: str | os.PathLike[str], *, bridge: bool = True) -> dict[str, Any]:
+    """``{"dir", "hf", "tokenizer", "bridge"}`` for ``family``, built once per process under ``root``.
+
+    The bridge (TransformerLens 4, compatibility mode) is booted from the same directory, so both run the SAME
+    weights; it is None when ``bridge=False`` was asked first and booted on a later call that wants it.
+    """
+    entry = _FAMILY_CACHE.get(family)
+    if entry is None:
+        path = build_tiny_family_dir(family, Path(root) / family)
+        hf, tok = load_hf(path)
+        entry = _FAMILY_CACHE[family] = {"dir": path, "hf": hf, "tokenizer": tok, "bridge": None}
+    if bridge and entry["bridge"] is None:
+        import logging
+
+        logging.getLogger().setLevel(logging.ERROR)  # TL warns that Gemma 2's softcap disables center_unembed
+        entry["bridge"] = boot_tiny_model(entry["dir"])
+    return entry
