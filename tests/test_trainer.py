@@ -248,6 +248,43 @@ def test_batchtopk_saved_as_topk():
     assert int((f != 0).sum(-1).max()) <= 4
 
 
+def test_batchtopk_from_an_in_order_iterable_saves_with_the_running_threshold():
+    """Regression: without ``calibration=`` an in-order iterable left nothing to calibrate on, and the whole run
+    was lost to ``ValueError: no held-out activations`` at save. Now the running estimate of the batch
+    threshold is used, recorded, and gives mean L0 ≈ k on held-out tokens."""
+    from sae_hub.metrics import l0
+
+    data = SyntheticActivations(d=32, n_features=64, mean_active=3, seed=0)
+    batches = [data.sample_batch(256, seed=0, index=j) for j in range(150)]
+    sae = train_sae(_batchtopk_cfg(d_in=32), iter(batches), progress=False)
+    assert sae.cfg.architecture == "jumprelu"
+    rec = sae.cfg.extra["batchtopk_threshold"]
+    assert "running estimate" in rec["source"] and rec["value"] > 0
+    assert float(l0(sae.encode(data.sample(8192, seed=202)))) == pytest.approx(4.0, rel=0.15)
+
+
+def test_batchtopk_from_a_tensor_does_not_recalibrate_on_training_rows():
+    """Regression: given a tensor, the threshold was quietly calibrated on a second pass over training rows."""
+    data = SyntheticActivations(d=32, n_features=64, mean_active=3, seed=0)
+    sae = train_sae(_batchtopk_cfg(steps=40), data.sample(256 * 40, seed=5), progress=False)
+    assert "running estimate" in sae.cfg.extra["batchtopk_threshold"]["source"]
+    with_calib = train_sae(_batchtopk_cfg(steps=40), data.sample(256 * 40, seed=5), progress=False,
+                           calibration=data.sample(4096, seed=6))
+    assert with_calib.cfg.extra["batchtopk_threshold"]["source"] == "calibration activations (4096 tokens)"
+
+
+def test_an_iterable_of_unknown_length_is_trained_to_its_end():
+    """Regression: no steps/total_tokens with an unsized iterable was a ConfigError before any training."""
+    data = SyntheticActivations(d=16, n_features=32, seed=0)
+    cfg = TrainConfig(architecture="topk", d_in=16, d_sae=32, k=2, batch_size=64, log_every=5, device="cpu")
+    with pytest.warns(UserWarning, match="training to the end"):
+        sae = train_sae(cfg, (data.sample_batch(64, index=j) for j in range(7)), progress=False)
+    assert sae.training_log[-1]["step"] == 7 and sae.training_log[-1]["tokens"] == 7 * 64
+    assert sae.cfg.extra["training"]["steps"] is None
+    lrs = [e["lr"] for e in sae.training_log]
+    assert lrs[-1] > 0  # no decay to zero: the end was unknown
+
+
 # ---------------------------------------------------------------------- checkpoints
 
 
@@ -460,7 +497,7 @@ def test_train_config_round_trips_and_rejects_unknown_fields():
     with pytest.raises(ConfigError, match="k"):
         TrainConfig(architecture="topk", k=None)
     r = TrainConfig(architecture="topk", d_sae=2**16).resolved(d_in=512, steps=100)
-    assert r.lr == pytest.approx(2e-4 / 2) and r.k_aux == 256 and r.lr_warmup_steps == 10
+    assert r.lr == pytest.approx(8e-4 / 2) and r.k_aux == 256 and r.lr_warmup_steps == 10 and r.batch_size == 4096
 
 
 def test_schedule_warms_up_and_decays():
@@ -552,3 +589,44 @@ def test_train_config_imports_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------- defaults that hold across run lengths
+
+
+def test_default_batch_size_follows_the_run_length():
+    assert TrainConfig().default_batch_size() == 4096  # unknown length
+    assert TrainConfig(total_tokens=100_000_000).default_batch_size() == 4096
+    assert TrainConfig(total_tokens=5_000_000).default_batch_size() == 1024  # >= 5000 steps where it can
+    assert TrainConfig(total_tokens=15_000_000).default_batch_size() == 2048
+    assert TrainConfig().default_batch_size(rows=5_000_000) == 1024  # one pass over a tensor
+    assert TrainConfig(steps=100).default_batch_size(rows=5_000_000) == 4096  # length given in steps
+    assert TrainConfig(batch_size=300, total_tokens=10).default_batch_size() == 300
+    data = SyntheticActivations(d=8, n_features=16, seed=0)
+    tr = Trainer(TrainConfig(architecture="topk", d_sae=16, k=2, total_tokens=50_000, device="cpu"), data,
+                 progress=False)
+    assert tr.cfg.batch_size == 1024 and tr.cfg.steps == 49
+
+
+def test_thread_tuner_keeps_the_fastest_count_and_the_run_restores_the_users():
+    from sae_hub.training.trainer import ThreadTuner
+
+    t = ThreadTuner(4, start=10, period=100, trials=3)
+    assert t.candidates == [4, 2, 1]
+    assert [t.threads_for(s) for s in range(10)] == [4] * 10  # short runs never change threads
+    speed = {4: 0.3, 2: 0.1, 1: 0.2}  # 4 threads slowest: cores shared with another process
+    for s in range(10, 19):
+        n = t.threads_for(s)
+        t.record(s, n, speed[n])
+    assert [t.threads_for(s) for s in range(19, 25)] == [2] * 6
+    assert t.threads_for(110) == 4  # probes again a period later
+    # a fixed num_threads is used for the run and the caller's setting restored after
+    before = torch.get_num_threads()
+    seen = []
+    data = SyntheticActivations(d=8, n_features=16, seed=0)
+    cfg = TrainConfig(architecture="topk", d_sae=16, k=2, batch_size=32, steps=3, log_every=1, device="cpu",
+                      num_threads=1)
+    train_sae(cfg, data, progress=False, callbacks=[lambda e: seen.append(torch.get_num_threads())])
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="num_threads"):
+        TrainConfig(num_threads=0)

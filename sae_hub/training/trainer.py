@@ -29,6 +29,7 @@ run: parameters and their init, :meth:`Trainer.step`, the loop, and the conversi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -80,6 +81,9 @@ __all__ = ["TensorSource", "TrainConfig", "Trainer", "latest_checkpoint", "spars
 
 
 # ====================================================================== what the data says
+
+_THETA_DECAY = 0.99  # batchtopk's running threshold estimate: an EMA with a horizon of ~100 steps
+_THETA_HORIZON = 100
 
 
 def _infer_length(source: Any, cfg: TrainConfig) -> int | None:
@@ -160,6 +164,41 @@ def geometric_median(x: torch.Tensor, *, iters: int = 100, tol: float = 1e-6) ->
     return y.float()
 
 
+class ThreadTuner:
+    """Chooses the CPU thread count by timing steps (``TrainConfig.num_threads=None``).
+
+    Why: with OpenMP's default (active) wait policy, a parallel op whose worker thread was descheduled by another
+    process spins until it runs again; on shared cores every small op can cost a scheduler quantum, and the
+    step gets 2-3x slower than with fewer threads. The environment variable that fixes it must be set before
+    torch loads, which a library cannot do. So: every ``period`` steps (from step ``start``) each candidate
+    (torch's count, half of it, one) runs ``trials`` steps, and the fastest (median) is kept until the next
+    probe. Runs shorter than ``start`` steps never change threads (so short runs stay bit-reproducible).
+    """
+
+    def __init__(self, max_threads: int, *, start: int = 50, period: int = 400, trials: int = 3) -> None:
+        self.candidates = sorted({max_threads, max(1, max_threads // 2), 1}, reverse=True)
+        self.start, self.period, self.trials = start, period, trials
+        self.chosen = max_threads
+        self._times: dict[int, list[float]] = {}
+
+    def threads_for(self, step: int) -> int:
+        """The thread count to run step ``step`` with."""
+        if len(self.candidates) == 1 or step < self.start:
+            return self.chosen
+        pos = (step - self.start) % self.period
+        window = len(self.candidates) * self.trials
+        if pos < window:
+            return self.candidates[pos // self.trials]
+        if pos == window and self._times:  # the probe just ended: keep the fastest
+            self.chosen = min(self._times, key=lambda c: sorted(self._times[c])[len(self._times[c]) // 2])
+            self._times = {}
+        return self.chosen
+
+    def record(self, step: int, threads: int, seconds: float) -> None:
+        if step >= self.start and (step - self.start) % self.period < len(self.candidates) * self.trials:
+            self._times.setdefault(threads, []).append(seconds)
+
+
 class _Forward(NamedTuple):
     """What :meth:`Trainer._forward` computed: the reconstruction, and what the loss and the firing tracker read."""
 
@@ -194,6 +233,7 @@ class Trainer:
         self.rank, self.world_size = init_distributed(cfg)
         self.source = source_from(activations, cfg.d_in)
         self.calibration = calibration
+        cfg = dataclasses.replace(cfg, batch_size=cfg.default_batch_size(source_rows(self.source)))
         self.cfg = cfg.resolved(d_in=source_width(self.source), steps=_infer_length(self.source, cfg))
         cfg = self.cfg
         self.metadata, self._extra_metadata = _recorded_metadata(cfg, self.source)
@@ -216,6 +256,14 @@ class Trainer:
         # per-rank window: the ranks' windows together span dead_window_tokens, in lockstep with one process
         self.tracker = FiringTracker(cfg.d_sae, window=cfg.dead_window_tokens // self.world_size, device=self.device)
         self.step_no, self.tokens = 0, 0
+        # batchtopk: running (bias-corrected EMA) estimate of the batch threshold, the k·B-th largest activation
+        # of each step; the saved jumprelu threshold when no calibration set is given (see calibrate_threshold)
+        self._theta_ema = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._theta_weight = 0.0
+        self.threshold_source: str | None = None
+        if cfg.steps is None:
+            warnings.warn("the run length is unknown (no steps, total_tokens or sized data): training to the end "
+                          "of the activations, lr constant after warmup", stacklevel=3)
         self.scale, self.var = 1.0, 1.0  # input-norm constant; data variance (the topk loss's denominator)
         self.log: list[dict[str, Any]] = []
         self._acc = torch.zeros(6, device=self.device, dtype=torch.float64)
@@ -240,6 +288,9 @@ class Trainer:
         # graph holds the dense path's [b, d_sae] activations and the backward frees them
         if fwd.latents is not None:  # topk / batchtopk: the selected pairs are the firings
             self.tracker.update(indices=fwd.latents.view(x.shape[0], -1), values=fwd.f.detach())
+            if self.sel.batch_level:  # the smallest selected value is this batch's threshold (no host read)
+                self._theta_ema.mul_(_THETA_DECAY).add_(fwd.f.detach().min().double(), alpha=1 - _THETA_DECAY)
+                self._theta_weight = self._theta_weight * _THETA_DECAY + (1 - _THETA_DECAY)
         else:
             self.tracker.update(fwd.f.detach())
         del fwd
@@ -314,7 +365,7 @@ class Trainer:
         cfg = self.cfg
         steps = int(cfg.steps or 1)
         warm = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
-        decay_steps = int(cfg.lr_decay_fraction * steps)
+        decay_steps = int(cfg.lr_decay_fraction * steps) if cfg.steps is not None else 0
         decay = min(1.0, (steps - step) / decay_steps) if decay_steps else 1.0
         coef = cfg.l1_coefficient if cfg.architecture == "relu" else cfg.l0_coefficient
         sw = cfg.sparsity_warmup_steps
@@ -380,13 +431,31 @@ class Trainer:
         # Adam moments of latents that rarely fire decay geometrically into the subnormal range, where x86 CPUs
         # run ~20x slower; flush them to zero while training (process-wide, so restored after).
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
+        user_threads = torch.get_num_threads()
+        tuner = None
+        if self.device.type == "cpu":
+            if cfg.num_threads is not None:
+                torch.set_num_threads(int(cfg.num_threads))
+            else:
+                tuner = ThreadTuner(user_threads)
+        self.thread_tuner = tuner
         try:
-            while self.step_no < int(cfg.steps or 0):
+            while cfg.steps is None or self.step_no < cfg.steps:
                 x = next(it, None)
                 if x is None:
-                    warnings.warn(f"activations ran out after {self.step_no} of {cfg.steps} steps", stacklevel=2)
+                    if cfg.steps is not None:
+                        warnings.warn(f"activations ran out after {self.step_no} of {cfg.steps} steps",
+                                      stacklevel=2)
                     break
-                self.step(x)
+                if tuner is not None:
+                    n_threads = tuner.threads_for(self.step_no)
+                    if n_threads != torch.get_num_threads():
+                        torch.set_num_threads(n_threads)
+                    t0 = time.perf_counter()
+                    self.step(x)
+                    tuner.record(self.step_no - 1, n_threads, time.perf_counter() - t0)
+                else:
+                    self.step(x)
                 bar.update(1)
                 if cfg.log_every and self.step_no % cfg.log_every == 0:
                     self._log_metrics(bar)
@@ -398,6 +467,8 @@ class Trainer:
             bar.close()
             if flush:
                 torch.set_flush_denormal(False)
+            if torch.get_num_threads() != user_threads:
+                torch.set_num_threads(user_threads)
         sae = self.to_sae(it)
         out = cfg.output_dir or (str(Path(cfg.checkpoint_dir) / "final") if cfg.checkpoint_dir else None)
         sparsity = self.log10_density()
@@ -464,6 +535,7 @@ class Trainer:
             else:
                 theta = self.calibrate_threshold(held_out)
                 tensors["threshold"] = torch.full_like(p.b_enc, theta)
+                self._extra_metadata["batchtopk_threshold"] = {"value": theta, "source": self.threshold_source}
         scfg = SAEConfig(
             architecture=arch, d_in=int(cfg.d_in or 0), d_sae=cfg.d_sae,
             k=cfg.k if arch == "topk" else None, apply_b_dec_to_input=cfg.apply_b_dec_to_input,
@@ -484,27 +556,40 @@ class Trainer:
 
     @torch.no_grad()
     def calibrate_threshold(self, held_out: Iterator[torch.Tensor] | None = None) -> float:
-        """The global JumpReLU threshold θ for a batchtopk SAE: mean L0 on held-out tokens equals k.
+        """The global JumpReLU threshold θ for a batchtopk SAE saved as jumprelu; never fails.
 
-        θ is the (k·N)-th largest relu pre-activation over all N calibration tokens × d_sae latents, i.e. the
-        BatchTopK rule applied to the whole calibration set at once. It is found from each token's top-m values
-        and is exact when no token has m values above θ; otherwise m doubles and the (cached) tokens are re-read.
-        Rank 0 calibrates and broadcasts θ. Tokens come from ``calibration`` if given, else the training stream
-        continued past the last step (unseen unless a finite tensor is re-visited in a later epoch).
+        With ``calibration`` activations (the argument of :func:`train_sae`): θ is the (k·N)-th largest relu
+        pre-activation over their N tokens × d_sae latents, i.e. the BatchTopK rule applied to the whole set at
+        once, so their mean L0 is exactly k. Found from each token's top-m values, exact when no token has m values
+        above θ (else m doubles). Without one: the running estimate kept during training, an exponential average
+        (horizon ~100 steps, bias-corrected) of each step's batch threshold (its k·B-th largest activation), which
+        is what the model was trained to fire above; it never re-reads training rows nor needs more data.
+        ``held_out`` is accepted for compatibility and ignored. Which was used is recorded in
+        ``sae.cfg.extra["batchtopk_threshold"]``. Rank 0 decides and broadcasts θ.
         """
         cfg, p = self.cfg, self.params
+        del held_out
         theta = torch.zeros((), device=self.device, dtype=torch.float64)
-        if self.rank == 0:
+        xs: list[torch.Tensor] = []
+        if self.calibration is not None:
             n_batches = max(1, math.ceil(cfg.calibration_tokens / self.local_batch))
             if isinstance(self.calibration, torch.Tensor):
-                held_out, n_batches = iter(self.calibration.split(self.local_batch)), len(self.calibration)
-            elif self.calibration is not None:
-                src = source_from(self.calibration, cfg.d_in)
-                held_out = src.batches(self.local_batch, seed=cfg.seed + 1)
-            xs = [b.to(self.device, self.dtype) * self.scale
-                  for b in itertools.islice(held_out if held_out is not None else iter(()), n_batches)]
-            if not xs:
-                raise ValueError("no held-out activations to calibrate the batchtopk threshold on")
+                it: Any = iter(self.calibration.split(self.local_batch))
+                n_batches = len(self.calibration)
+            else:
+                it = source_from(self.calibration, cfg.d_in).batches(self.local_batch, seed=cfg.seed + 1)
+            xs = [b.to(self.device, self.dtype) * self.scale for b in itertools.islice(it, n_batches)]
+        if not xs:
+            theta = self._theta_ema / max(self._theta_weight, 1e-12)
+            if self.world_size > 1:
+                dist.all_reduce(theta)
+                theta /= self.world_size
+            self.threshold_source = (f"running estimate of the batch threshold over the last ~{_THETA_HORIZON} "
+                                     f"training steps (no calibration activations given)")
+            if self._theta_weight == 0.0:
+                self.threshold_source = "no training steps and no calibration activations: threshold 0"
+            return float(theta)
+        if self.rank == 0:
             n_tokens = sum(x.shape[0] for x in xs)
             m = min(cfg.d_sae, 4 * int(cfg.k or 1))
             while True:
@@ -519,6 +604,7 @@ class Trainer:
                 m = min(cfg.d_sae, 2 * m)
         if self.world_size > 1:
             dist.broadcast(theta, 0)
+        self.threshold_source = f"calibration activations ({sum(x.shape[0] for x in xs)} tokens)"
         return float(theta)
 
     # ------------------------------------------------------------------ checkpoints
@@ -545,6 +631,7 @@ class Trainer:
             "tracker": {"block_tokens": [t for t, _ in self.tracker.blocks],
                         "current_tokens": self.tracker.current_tokens, "total_tokens": self.tracker.total_tokens},
             "aux": {"k_aux": self.sel.k_aux, "scale": self.aux_scale},
+            "theta_ema": [float(self._theta_ema), self._theta_weight],
             "python_rng": py_rng_to_json(random.getstate()), "log": json_safe(self.log),
         }
         return write_checkpoint(cfg.checkpoint_dir, self.step_no, tensors, state, keep=cfg.keep_checkpoints)
@@ -585,6 +672,9 @@ class Trainer:
         self.step_no, self.tokens = int(state["step"]), int(state["tokens"])
         self.scale, self.var = float(state["scale"]), float(state["var"])
         self.log = list(state["log"])
+        ema, weight = state.get("theta_ema", [0.0, 0.0])  # absent from checkpoints of older versions
+        self._theta_ema.fill_(float(ema))
+        self._theta_weight = float(weight)
 
 
 def train_sae(cfg: TrainConfig, activations: Any, *, callbacks: Sequence[Callable[[dict], Any]] = (),
