@@ -92,7 +92,7 @@ class Loader:
 
     def files_in(self, folder: Path) -> list[str]:
         """The declared files present in ``folder`` (relative names, sorted)."""
-        found = set()
+        found: set[str] = set()
         for pat in self.files:
             if any(c in pat for c in "*?["):
                 found.update(str(c.relative_to(folder)) for c in folder.glob(pat) if c.is_file())
@@ -470,10 +470,10 @@ def _apply_overrides(cfg: SAEConfig, facts: Facts, tensors: Mapping[str, torch.T
         cfg.__post_init__()
     except (ConfigError, TypeError, ValueError) as e:
         detail = e.message if isinstance(e, SaeHubError) else f"{type(e).__name__}: {e}"
-        key = e.field if isinstance(e, SaeHubError) and e.field in facts.config else None
+        bad = e.field if isinstance(e, SaeHubError) and e.field in facts.config else None
         raise RegistryError(
-            f"{facts.label}: config override {f'{key}={facts.config[key]!r}' if key else shown} does not fit this "
-            f"SAE: {detail}", path=facts.source, field=f"{facts.origin}.config" + (f".{key}" if key else "")) from e
+            f"{facts.label}: config override {f'{bad}={facts.config[bad]!r}' if bad else shown} does not fit this "
+            f"SAE: {detail}", path=facts.source, field=f"{facts.origin}.config" + (f".{bad}" if bad else "")) from e
     if fitted and tensors is not None and (problem := _shape_problem(cfg, tensors)) is not None:
         raise RegistryError(f"{facts.label}: config override(s) {shown} do not fit this SAE's weights: {problem}",
                             path=facts.source, field=f"{facts.origin}.config")
