@@ -223,12 +223,38 @@ def _remember(hf: torch.Tensor, key: tuple[Any, ...], tl: torch.Tensor) -> None:
     _WRITTEN[ident] = (weakref.ref(hf, lambda _r, ident=ident: _WRITTEN.pop(ident, None)), key, tl)
 
 
-def _tl_view(site: HFSite, key: tuple[Any, ...], t: torch.Tensor, module_input: torch.Tensor | None
-             ) -> torch.Tensor:
+# Per model, per forward pass: the mean (over d_model, [batch, pos, 1]) that TransformerLens's residual stream has
+# acquired from tensors our hooks wrote, for centred (LayerNorm-family) sites. TransformerLens's residual stream
+# has mean 0 until something with a non-zero mean is written (centred weights); our reads centre the Hugging Face
+# tensor, so this mean is added back to every later residual-stream read. Reset when the model's forward starts.
+_STREAM_MEAN: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.Tensor | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _tl_view(site: HFSite, key: tuple[Any, ...], t: torch.Tensor, module_input: torch.Tensor | None,
+             state: dict[str, torch.Tensor | None]) -> torch.Tensor:
     hit = _WRITTEN.get(id(t))
     if hit is not None and hit[0]() is t and hit[1] == key:
         return hit[2]
-    return site.to_tl(t, module_input)
+    tl = site.to_tl(t, module_input)
+    mean = state.get("mean")
+    if site.center and site.stream and mean is not None and mean.shape[:-1] == tl.shape[:-1]:
+        tl = tl + mean.to(tl.dtype)
+    return tl
+
+
+def _track_write(site: HFSite, new: torch.Tensor, before: torch.Tensor, state: dict[str, torch.Tensor | None]
+                 ) -> None:
+    """Update the tracked residual-stream mean after ``new`` replaced ``before`` (TransformerLens's views)."""
+    if not site.center:
+        return
+    new_mean = new.detach().float().mean(-1, keepdim=True)
+    if site.stream:
+        state["mean"] = new_mean
+        return
+    delta = new_mean - before.detach().float().mean(-1, keepdim=True)
+    mean = state.get("mean")
+    state["mean"] = delta if mean is None or mean.shape != delta.shape else mean + delta
 
 
 class HuggingFaceAdapter(ModelAdapter):
@@ -274,6 +300,13 @@ class HuggingFaceAdapter(ModelAdapter):
         bound = [(self.site(s), s, fn) for s, fn in pairs]  # place everything before attaching anything
         handles: list[Any] = []
         try:
+            if any(hf.center for hf, _, _ in bound):
+                state = _STREAM_MEAN.setdefault(self.hf_model, {"mean": None})
+
+                def reset(module: torch.nn.Module, args: Any) -> None:
+                    state["mean"] = None
+
+                handles.append(self.hf_model.register_forward_pre_hook(reset, prepend=True))
             for hf, s, fn in bound:
                 handles.append(self._register(hf, s, fn))
             yield
@@ -285,6 +318,7 @@ class HuggingFaceAdapter(ModelAdapter):
         hook_arg = site if not isinstance(site, str) else hf
         key = (hf.module_path, hf.side, hf.center, hf.heads, hf.value_bias is not None, hf.norm is not None)
         model_cls = type(self.hf_model).__name__
+        state = _STREAM_MEAN.setdefault(self.hf_model, {"mean": None}) if hf.center else {"mean": None}
 
         if hf.side == "output":
             def fwd_hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -293,11 +327,12 @@ class HuggingFaceAdapter(ModelAdapter):
                 if not isinstance(t, torch.Tensor):
                     raise HookSiteError(f"{hf.module_path} ({model_cls}) returned {type(output).__name__}, not a "
                                         f"tensor, so {hf.hook_name!r} cannot be read there", field="hook_name")
-                act = _tl_view(hf, key, t, args[0] if args else None)
+                act = _tl_view(hf, key, t, args[0] if args else None, state)
                 new = fn(act, hook_arg)
                 if new is None:
                     return None
-                new_hf = hf.from_tl(new, t)
+                new_hf = hf.from_tl(new, t, act)
+                _track_write(hf, new, act, state)
                 _remember(new_hf, key, new)
                 return (new_hf, *output[1:]) if is_tuple else new_hf
 
@@ -311,11 +346,12 @@ class HuggingFaceAdapter(ModelAdapter):
             if not isinstance(t, torch.Tensor):
                 raise HookSiteError(f"{hf.module_path} ({model_cls}) was called without a tensor first argument, "
                                     f"so {hf.hook_name!r} cannot be read there", field="hook_name")
-            act = _tl_view(hf, key, t, None)
+            act = _tl_view(hf, key, t, None, state)
             new = fn(act, hook_arg)
             if new is None:
                 return None
-            new_hf = hf.from_tl(new, t)
+            new_hf = hf.from_tl(new, t, act)
+            _track_write(hf, new, act, state)
             _remember(new_hf, key, new)
             if args:
                 return (new_hf, *args[1:]), kwargs

@@ -13,9 +13,11 @@ outputs). The site reproduces TransformerLens's tensor exactly, so such an SAE s
 
 * ``center_writing_weights`` (LayerNorm families only: gpt2, gpt-neox): every weight writing to the residual
   stream is centred, so every residual-stream activation (``hook_resid_*``, ``hook_attn_out``, ``hook_mlp_out``,
-  ``hook_embed``, ``hook_mlp_in``...) is TransformerLens's = Hugging Face's minus its mean over ``d_model``. A
-  write adds the original mean back (every reader of the residual stream normalises it away, so the model
-  computes exactly what TransformerLens would).
+  ``hook_embed``, ``hook_mlp_in``...) is TransformerLens's = Hugging Face's minus its mean over ``d_model``, as
+  long as nothing was written. A write puts back what the read took away (every reader inside the model
+  normalises the mean away, so the model computes exactly what TransformerLens would), and the adapter tracks,
+  per forward pass, the mean TransformerLens's residual stream acquires from written tensors, so a later read on
+  the residual stream (an SAE after a spliced one) sees what TransformerLens would see, mean included.
 * ``fold_value_biases``: ``attn.hook_z`` is the value-weighted sum *without* the value bias (TransformerLens moves
   it into the output bias), i.e. Hugging Face's ``o_proj`` input minus the per-head value bias (plus, with
   ``fold_ln`` on a LayerNorm family, the LayerNorm bias pushed through ``W_V``).
@@ -224,6 +226,7 @@ class Rule:
     side: Literal["input", "output"]
     kind: Literal["resid", "z", "normalized", "plain"] = "plain"
     layer: int | None = None
+    stream: bool = False  # the residual stream itself (resid_pre/mid/post, attn_in, mlp_in), not a component
 
 
 def hf_hook_rule(family: Family, hook_name: str, *, parallel_residual: bool = False) -> Rule:
@@ -243,7 +246,7 @@ def hf_hook_rule(family: Family, hook_name: str, *, parallel_residual: bool = Fa
             # The model multiplies the embedding by sqrt(d_model) before the first layer (inside embed_tokens in
             # recent transformers, in the model's forward in older ones); TransformerLens's hook_embed is that
             # scaled tensor, which is exactly the first layer's input (there is no positional embedding).
-            return Rule(f"{f.layers}.0", "input", "resid", 0)
+            return Rule(f"{f.layers}.0", "input", "resid", 0, stream=True)
         return Rule(f.embed, "output", "resid")
     if hook_name in ("ln_final.hook_normalized", "ln_final.hook_scale"):
         if hook_name.endswith("hook_scale"):
@@ -259,18 +262,18 @@ def hf_hook_rule(family: Family, hook_name: str, *, parallel_residual: bool = Fa
         return f"{blk}.{sub}"
 
     if rest == "hook_resid_pre":
-        return Rule(blk, "input", "resid", layer)
+        return Rule(blk, "input", "resid", layer, stream=True)
     if rest == "hook_resid_post":
-        return Rule(blk, "output", "resid", layer)
+        return Rule(blk, "output", "resid", layer, stream=True)
     if rest == "hook_resid_mid":
         if parallel_residual:
             raise _no_site(hook_name, f, [at(f.ln2)], "attention and MLP both read the block input (parallel "
                            "residual): there is no residual stream between them")
-        return Rule(at(f.ln2), "input", "resid", layer)
+        return Rule(at(f.ln2), "input", "resid", layer, stream=True)
     if rest == "hook_mlp_in":  # TransformerLens: the pre-norm residual the MLP branch reads (resid_pre if parallel)
-        return Rule(at(f.ln2), "input", "resid", layer)
+        return Rule(at(f.ln2), "input", "resid", layer, stream=True)
     if rest == "hook_attn_in":
-        return Rule(at(f.ln1), "input", "resid", layer)
+        return Rule(at(f.ln1), "input", "resid", layer, stream=True)
     if rest == "hook_attn_out":
         return Rule(at(f.attn_post_norm or f.attn), "output", "resid", layer)
     if rest == "hook_mlp_out":
@@ -326,6 +329,7 @@ class HFSite:
     width: int | None = None
     heads: tuple[int, int] | None = None
     center: bool = False
+    stream: bool = False
     value_bias: torch.Tensor | None = None
     norm: tuple[NormKind, float, torch.nn.Module] | None = None
     notes: list[str] = field(default_factory=list)
@@ -348,11 +352,13 @@ class HFSite:
             t = t - t.mean(-1, keepdim=True)
         return t
 
-    def from_tl(self, new: torch.Tensor, orig: torch.Tensor) -> torch.Tensor:
-        """The tensor to put at the site for TransformerLens activation ``new``; ``orig`` is what was there."""
+    def from_tl(self, new: torch.Tensor, orig: torch.Tensor, tl_before: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor to put at the site for TransformerLens activation ``new``; ``orig`` is what was there and
+        ``tl_before`` TransformerLens's view of it (what :meth:`to_tl` gave, plus any tracked mean)."""
         new = new.to(device=orig.device, dtype=orig.dtype)
-        if self.center:  # residual-stream sites only (never per-head)
-            new = new + orig.mean(-1, keepdim=True)
+        if self.center:  # residual-stream sites only (never per-head): put back the mean the read took away
+            before = tl_before.to(orig.dtype).mean(-1, keepdim=True) if tl_before is not None else 0.0
+            new = new + (orig.mean(-1, keepdim=True) - before)
         if self.value_bias is not None:
             new = new + self.value_bias.to(new.dtype)
         if self.heads is not None:
@@ -488,6 +494,7 @@ def resolve_hf_site(model: Any, hook_name: str, *, hf_hook_name: str | None = No
     if rule.kind == "resid":
         site.width = d_model
         site.center = ln_family and processing.center_writing_weights
+        site.stream = rule.stream
     elif rule.kind == "z":
         site.width = n_heads * d_head
         site.heads = (n_heads, d_head)
