@@ -31,6 +31,17 @@ results are cast to the weight dtype, as in :mod:`sae_hub.sae`. Loading memory-m
 A per-layer view is exact, and :meth:`~MultiLayerDictionary.layer_sae` returns an ``SAE`` transcoder, only when
 source ``i`` writes to its own layer alone and no other source writes there (always so for a transcoder set;
 for a CLT only in the degenerate case where every decoder but the diagonal is absent).
+
+Crosscoders (:class:`CrossCoder`, the sibling with the same conventions): ONE latent space read from ``n`` sites
+(layers, or the same hook in several models) and decoded back to each site ``h``::
+
+    s    = sum over sites h of (x_h @ W_enc.h + b_enc.h)          the shared pre-activation [..., d_sae]
+    f_h  = relu(s)                                                relu (the same for every site)
+         = s * (s > threshold.h)                                  jumprelu (a threshold per site and feature)
+    out_h = f_h @ W_dec.h + b_dec.h
+
+Why a threshold per site: lm-saes gates ``s * ||W_D[h, j]||`` against one threshold ``theta_j`` and divides the
+codes back by that norm, which is exactly ``s * (s > theta_j / ||W_D[h, j]||)``; its codes differ per site.
 """
 
 from __future__ import annotations
@@ -53,7 +64,8 @@ from sae_hub.files import dtype_from_str, dtype_to_str
 if TYPE_CHECKING:
     from sae_hub.sae import SAE
 
-__all__ = ["KINDS", "MULTILAYER_ARCHITECTURES", "MultiLayerConfig", "MultiLayerDictionary", "multilayer_param_shapes"]
+__all__ = ["KINDS", "MULTILAYER_ARCHITECTURES", "CrossCoder", "CrossCoderConfig", "MultiLayerConfig",
+           "MultiLayerDictionary", "crosscoder_param_shapes", "multilayer_param_shapes"]
 
 KINDS = ("transcoder_set", "clt")
 MULTILAYER_ARCHITECTURES = ("relu", "jumprelu", "topk")
@@ -470,40 +482,8 @@ class MultiLayerDictionary(nn.Module):
         """Build around existing (e.g. memory-mapped) tensors: no init and no copy unless ``dtype``/``device``
         differ. Missing, unexpected, misshapen or non-float tensors are a :class:`ShapeMismatchError` naming
         the tensor (and ``source``)."""
-        expected = multilayer_param_shapes(cfg)
-        missing = [k for k in expected if k not in state_dict]
-        if missing:
-            raise ShapeMismatchError(f"missing tensor(s) {missing[:8]} for a {cfg.kind} over layers {cfg.layers}",
-                                     path=source, field=missing[0])
-        unexpected = [k for k in state_dict if k not in expected]
-        if unexpected:
-            raise ShapeMismatchError(f"unexpected tensor(s) {unexpected[:8]} for a {cfg.kind} over layers "
-                                     f"{cfg.layers}", path=source, field=unexpected[0])
-        dts = set()
-        for key, shape in expected.items():
-            t = state_dict[key]
-            if not isinstance(t, torch.Tensor):
-                raise ShapeMismatchError(f"{key} is a {type(t).__name__}, not a tensor", path=source, field=key)
-            if tuple(t.shape) != shape:
-                raise ShapeMismatchError(f"tensor {key} has shape {list(t.shape)}, the config needs {list(shape)}",
-                                         path=source, field=key)
-            if not t.is_floating_point():
-                raise ShapeMismatchError(f"tensor {key} has dtype {dtype_to_str(t.dtype)}; weights must be floating "
-                                         "point (refused rather than cast)", path=source, field=key)
-            dts.add(t.dtype)
-        if dtype is not None:
-            target = dtype_from_str(dtype)
-        elif len(dts) == 1:
-            target = dts.pop()
-        else:
-            target = max(dts, key=lambda d: torch.finfo(d).bits)
-            cfg.record(f"mixed stored dtypes cast to {dtype_to_str(target)}")
-        if target not in _COMPUTE_DTYPES:
-            raise ConfigError(f"cannot compute in {dtype_to_str(target)}; pass dtype='float32' to cast",
-                              path=source, field="dtype")
-        tensors = {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
-        cfg.dtype = dtype_to_str(target)
-        cfg.device = str(torch.device(device))
+        tensors = _validated(multilayer_param_shapes(cfg), state_dict, f"{cfg.kind} over layers {cfg.layers}",
+                             device, dtype, source, cfg)
         return cls(cfg, _tensors=tensors)
 
     @classmethod
@@ -524,6 +504,155 @@ class MultiLayerDictionary(nn.Module):
         c = self.cfg
         return (f"kind={c.kind}, layers={c.layers}, architecture={c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}, "
                 f"d_out={c.d_out}, has_skip={c.has_skip}")
+
+
+@dataclass
+class CrossCoderConfig:
+    """Typed config of a :class:`CrossCoder`: ``n_sites`` inputs (hooks ``hook_names[h]``, in models
+    ``model_names[h]`` where they differ) sharing one latent space of ``d_sae`` features."""
+
+    n_sites: int
+    d_in: int
+    d_sae: int
+    d_out: int | None = None
+    architecture: str = "relu"
+    dtype: str = "float32"
+    device: str = "cpu"
+    hook_names: list[str | None] | None = None
+    model_names: list[str | None] | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("n_sites", "d_in", "d_sae"):
+            _posint(getattr(self, name), name)
+        self.d_out = self.d_in if self.d_out is None else _posint(self.d_out, "d_out")
+        if self.architecture not in ("relu", "jumprelu"):
+            raise UnknownArchitectureError(f"a crosscoder here is relu or jumprelu, got {self.architecture!r}",
+                                           field="architecture")
+        for name in ("hook_names", "model_names"):
+            v = getattr(self, name)
+            if v is None:
+                setattr(self, name, [None] * self.n_sites)
+            elif not isinstance(v, (list, tuple)) or len(v) != self.n_sites or \
+                    any(h is not None and not isinstance(h, str) for h in v):
+                raise ConfigError(f"{name} must hold one string (or null) per site ({self.n_sites}), got {v!r}",
+                                  field=name)
+            else:
+                setattr(self, name, list(v))
+
+    def record(self, conversion: str) -> None:
+        self.provenance.conversions.append(conversion)
+
+
+def crosscoder_param_shapes(cfg: CrossCoderConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical tensors of a crosscoder and their shapes (keys by site position ``h``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for h in range(cfg.n_sites):
+        shapes[f"W_enc.{h}"] = (cfg.d_in, cfg.d_sae)
+        shapes[f"b_enc.{h}"] = (cfg.d_sae,)
+        shapes[f"W_dec.{h}"] = (cfg.d_sae, int(cfg.d_out or cfg.d_in))
+        shapes[f"b_dec.{h}"] = (int(cfg.d_out or cfg.d_in),)
+        if cfg.architecture == "jumprelu":
+            shapes[f"threshold.{h}"] = (cfg.d_sae,)
+    return shapes
+
+
+class CrossCoder(nn.Module):
+    """One latent space read from several sites and decoded to each (see the module docstring). Inputs, features
+    and outputs are sequences (or stacked tensors) in site order."""
+
+    def __init__(self, cfg: CrossCoderConfig, *, _tensors: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.n_sites
+
+        def plist(prefix: str) -> nn.ParameterList:
+            return nn.ParameterList([nn.Parameter(_tensors[f"{prefix}.{h}"]) for h in range(n)])
+
+        self.W_enc, self.b_enc = plist("W_enc"), plist("b_enc")
+        self.W_dec, self.b_dec = plist("W_dec"), plist("b_dec")
+        self.threshold = plist("threshold") if cfg.architecture == "jumprelu" else None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.b_dec[0].dtype
+
+    def _sites(self, values: Sequence[torch.Tensor] | torch.Tensor, what: str, width: int) -> list[torch.Tensor]:
+        if not isinstance(values, (torch.Tensor, Sequence)) or len(values) != self.cfg.n_sites:
+            raise ShapeMismatchError(f"{what} must hold one tensor per site ({self.cfg.n_sites})", field=what)
+        out = list(values)
+        shapes = {tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in out}
+        if None in shapes or len(shapes) != 1 or next(iter(shapes))[-1:] != (width,):  # type: ignore[index]
+            raise ShapeMismatchError(f"{what} must be tensors of one shape [..., {width}], got "
+                                     f"{sorted(map(str, shapes))}", field=what)
+        return out
+
+    def encode(self, inputs: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        """Features of each site ``[..., d_sae]`` from the inputs of every site."""
+        xs = self._sites(inputs, "inputs", self.cfg.d_in)
+        s = sum(x.float() @ self.W_enc[h].float() + self.b_enc[h].float() for h, x in enumerate(xs))
+        assert isinstance(s, torch.Tensor)
+        if self.threshold is None:
+            f = F.relu(s).to(self.dtype)
+            return [f] * self.cfg.n_sites
+        return [(s * (s > th.float())).to(self.dtype) for th in self.threshold]
+
+    def decode(self, features: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        """Outputs ``[..., d_out]`` of each site from its features."""
+        fs = self._sites(features, "features", self.cfg.d_sae)
+        return [(f.float() @ self.W_dec[h].float() + self.b_dec[h].float()).to(self.dtype) for h, f in enumerate(fs)]
+
+    def forward(self, inputs: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        return self.decode(self.encode(inputs))
+
+    @classmethod
+    def from_state_dict(cls, cfg: CrossCoderConfig, state_dict: Mapping[str, torch.Tensor], *,
+                        device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                        source: str | os.PathLike[str] | None = None) -> CrossCoder:
+        """Build around existing tensors (validated like :meth:`MultiLayerDictionary.from_state_dict`)."""
+        tensors = _validated(crosscoder_param_shapes(cfg), state_dict, f"crosscoder over {cfg.n_sites} sites",
+                             device, dtype, source, cfg)
+        return cls(cfg, _tensors=tensors)
+
+
+def _validated(expected: dict[str, tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], what: str,
+               device: str | torch.device, dtype: torch.dtype | str | None,
+               source: str | os.PathLike[str] | None, cfg: MultiLayerConfig | CrossCoderConfig
+               ) -> dict[str, torch.Tensor]:
+    """Check ``state_dict`` against ``expected`` (missing, unexpected, shape, float), settle the dtype, move."""
+    missing = [k for k in expected if k not in state_dict]
+    if missing:
+        raise ShapeMismatchError(f"missing tensor(s) {missing[:8]} for a {what}", path=source, field=missing[0])
+    unexpected = [k for k in state_dict if k not in expected]
+    if unexpected:
+        raise ShapeMismatchError(f"unexpected tensor(s) {unexpected[:8]} for a {what}", path=source,
+                                 field=unexpected[0])
+    dts = set()
+    for key, shape in expected.items():
+        t = state_dict[key]
+        if not isinstance(t, torch.Tensor):
+            raise ShapeMismatchError(f"{key} is a {type(t).__name__}, not a tensor", path=source, field=key)
+        if tuple(t.shape) != shape:
+            raise ShapeMismatchError(f"tensor {key} has shape {list(t.shape)}, the config needs {list(shape)}",
+                                     path=source, field=key)
+        if not t.is_floating_point():
+            raise ShapeMismatchError(f"tensor {key} has dtype {dtype_to_str(t.dtype)}; weights must be floating "
+                                     "point (refused rather than cast)", path=source, field=key)
+        dts.add(t.dtype)
+    if dtype is not None:
+        target = dtype_from_str(dtype)
+    elif len(dts) == 1:
+        target = dts.pop()
+    else:
+        target = max(dts, key=lambda d: torch.finfo(d).bits)
+        cfg.record(f"mixed stored dtypes cast to {dtype_to_str(target)}")
+    if target not in _COMPUTE_DTYPES:
+        raise ConfigError(f"cannot compute in {dtype_to_str(target)}; pass dtype='float32' to cast",
+                          path=source, field="dtype")
+    cfg.dtype = dtype_to_str(target)
+    cfg.device = str(torch.device(device))
+    return {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
 
 
 def _layer_of(hook: str | None) -> int | None:

@@ -12,7 +12,13 @@ from safetensors.torch import load_file
 
 from sae_hub import SAE, SAEConfig
 from sae_hub.errors import ConfigError, ShapeMismatchError, UnknownArchitectureError, UnsupportedSAEError
-from sae_hub.multilayer import MultiLayerConfig, MultiLayerDictionary, multilayer_param_shapes
+from sae_hub.multilayer import (
+    CrossCoder,
+    CrossCoderConfig,
+    MultiLayerConfig,
+    MultiLayerDictionary,
+    multilayer_param_shapes,
+)
 
 LS = Path(__file__).parent / "fixtures" / "llamascopium_clt"
 CT = Path(__file__).parent / "fixtures" / "circuit_tracer"
@@ -225,3 +231,35 @@ def test_config_round_trips_through_a_dict() -> None:
     assert back.to_dict() == d
     with pytest.raises(ConfigError):
         MultiLayerConfig.from_dict({**d, "bogus": 1})
+
+
+@pytest.mark.parametrize("case", ["crosscoder_relu", "crosscoder_jumprelu"])
+def test_llamascopium_crosscoder_expressed_exactly(case: str) -> None:
+    """W_E[h], b_E[h], W_D[h], b_D[h] are site h's tensors; the library's one threshold theta_j, gated on
+    s * ||W_D[h, j]|| and divided back, is the per-site threshold theta_j / ||W_D[h, j]||."""
+    w = load_file(LS / case / "sae_weights.safetensors")
+    ref = load_file(LS / case / "reference.safetensors")
+    n, d, s = w["W_E"].shape
+    tensors = {}
+    for h in range(n):
+        tensors.update({f"W_enc.{h}": w["W_E"][h], f"b_enc.{h}": w["b_E"][h], f"W_dec.{h}": w["W_D"][h],
+                        f"b_dec.{h}": w["b_D"][h]})
+    jump = "activation_function.log_jumprelu_threshold" in w
+    if jump:
+        theta = w["activation_function.log_jumprelu_threshold"].exp()
+        for h in range(n):
+            tensors[f"threshold.{h}"] = theta / w["W_D"][h].norm(dim=-1)
+    cfg = CrossCoderConfig(n_sites=n, d_in=d, d_sae=s, architecture="jumprelu" if jump else "relu")
+    cc = CrossCoder.from_state_dict(cfg, tensors)
+    xs = [ref[f"x.{h}"] for h in range(n)]
+    feats = cc.encode(xs)
+    outs = cc(xs)
+    for h in range(n):
+        assert (feats[h] - ref["codes"][:, h]).abs().max().item() <= 1e-5
+        assert (outs[h] - ref["recon"][:, h]).abs().max().item() <= 1e-5
+    if jump:  # the per-site gate matters: some feature fires at one site and not at another
+        assert not torch.equal(feats[0] > 0, feats[1] > 0)
+    with pytest.raises(ShapeMismatchError):
+        cc.encode(xs[:2])
+    with pytest.raises(ShapeMismatchError):
+        CrossCoder.from_state_dict(cfg, {k: v for k, v in tensors.items() if k != "b_dec.1"})
