@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "run_with_saes": "sae_hub.splicing",
     "MultiLayerDictionary": "sae_hub.multilayer",
     "MultiLayerConfig": "sae_hub.multilayer",
+    "CrossCoder": "sae_hub.multilayer",
+    "CrossCoderConfig": "sae_hub.multilayer",
 }
 _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
     from sae_hub.loading import get_loader as get_loader
     from sae_hub.loading import list_loaders as list_loaders
     from sae_hub.loading import register_loader as register_loader
+    from sae_hub.multilayer import CrossCoder as CrossCoder
+    from sae_hub.multilayer import CrossCoderConfig as CrossCoderConfig
     from sae_hub.multilayer import MultiLayerConfig as MultiLayerConfig
     from sae_hub.multilayer import MultiLayerDictionary as MultiLayerDictionary
     from sae_hub.releases import list_releases as list_releases
