@@ -3,7 +3,8 @@
 A loader-only user installs ``sae-hub`` (torch, huggingface-hub, safetensors, numpy, pyyaml, tqdm, msgspec) and
 can load, convert and list every SAE. Plots, Neuronpedia and DataFrames need ``sae-hub[analysis]``; booting a
 TransformerLens model and reading ``datasets`` need ``sae-hub[lens]``; ``[train]`` is that plus scipy (the
-one-to-one feature matching of ``evaluate_recovery``). Every import of an optional package goes through
+one-to-one feature matching of ``evaluate_recovery``); ``[nnsight]`` is ``[lens]`` plus nnsight, for splicing
+SAEs into an ``nnsight.LanguageModel``. Every import of an optional package goes through
 :func:`require`, so a missing one is one line naming the extra to install (a
 :class:`~sae_hub.errors.MissingDependencyError`, also an ``ImportError``), not a ``ModuleNotFoundError`` from
 deep inside a function.
@@ -26,6 +27,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "analysis": ("plotly", "requests", "pandas"),
     "lens": ("transformer-lens", "transformers", "datasets"),
     "train": ("transformer-lens", "transformers", "datasets", "scipy"),
+    "nnsight": ("transformer-lens", "transformers", "datasets", "nnsight"),
 }
 
 #: import name -> the extra that provides it, for the packages sae-hub imports optionally.
@@ -37,6 +39,7 @@ MODULE_EXTRA: dict[str, str] = {
     "transformers": "lens",
     "datasets": "lens",
     "scipy": "train",  # Hungarian matching (mcc) in evaluate_recovery
+    "nnsight": "nnsight",  # an nnsight LanguageModel is adapted without importing nnsight; only its tests need it
 }
 
 
