@@ -237,7 +237,8 @@ def _read_plt(path: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------- transcoder sets
 
 
-@register_loader("circuit-tracer-transcoders", files=["layer_*.safetensors", CONFIG, *WANDB_CONFIGS],
+# LoadFn is typed for SAE loaders; kind="multilayer" loaders return a MultiLayerConfig (see register_loader).
+@register_loader("circuit-tracer-transcoders", files=["layer_*.safetensors", CONFIG, *WANDB_CONFIGS],  # type: ignore[arg-type]
                  detect=detect_transcoder_set, options=OPTIONS, kind="multilayer",
                  description="circuit-tracer per-layer transcoder set (layer_{i}.safetensors [+ config.yaml])")
 def load_transcoder_set(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dict[str, torch.Tensor]]:
@@ -356,7 +357,7 @@ def _clt_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
     return enc, dec
 
 
-@register_loader("circuit-tracer-clt", files=["W_enc_*.safetensors", "W_dec_*.safetensors", CONFIG],
+@register_loader("circuit-tracer-clt", files=["W_enc_*.safetensors", "W_dec_*.safetensors", CONFIG],  # type: ignore[arg-type]
                  detect=detect_clt, options=OPTIONS, kind="multilayer",
                  description="circuit-tracer cross-layer transcoder (W_enc_{i}/W_dec_{i}.safetensors [+ config.yaml])")
 def load_clt(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dict[str, torch.Tensor]]:

@@ -51,6 +51,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -432,21 +433,25 @@ class MultiLayerDictionary(nn.Module):
                 raise UnsupportedSAEError(f"SAE {n} cannot join this transcoder set exactly ({bad[0]} is "
                                           f"{getattr(c, bad[0])!r}; the first SAE has {getattr(first, bad[0])!r})",
                                           field=bad[0])
-            if c.architecture == "jumprelu" and bool((sae.threshold < 0).any()):
+            if c.architecture == "jumprelu" and bool((sae.get_parameter("threshold") < 0).any()):
                 raise UnsupportedSAEError(f"SAE {n} has a negative threshold (relu(z)*(z>t) differs from z*(z>t))",
                                           field="threshold")
-        if layers is None:
-            layers = [_layer_of(s.cfg.hook_name) for s in saes]
-            if any(x is None for x in layers) or len(set(layers)) != len(layers):
-                layers = list(range(len(saes)))
-        layers = list(layers)  # type: ignore[arg-type]
-        order = sorted(range(len(saes)), key=lambda n: layers[n])  # type: ignore[index]
+        found = [_layer_of(s.cfg.hook_name) for s in saes]
+        if layers is not None:
+            at = [int(x) for x in layers]
+        elif all(x is not None for x in found) and len(set(found)) == len(found):
+            at = [int(x) for x in found if x is not None]
+        else:
+            at = list(range(len(saes)))
+        if len(at) != len(saes):
+            raise ConfigError(f"layers has {len(at)} entries for {len(saes)} SAEs", field="layers")
+        order = sorted(range(len(saes)), key=lambda n: at[n])
         dts = {s.W_enc.dtype for s in saes}
         if len(dts) != 1:
             raise ConfigError(f"the SAEs have different dtypes {sorted(map(str, dts))}; cast them first",
                               field="dtype")
         cfg = MultiLayerConfig(
-            kind="transcoder_set", layers=[layers[n] for n in order], d_in=first.d_in,  # type: ignore[misc]
+            kind="transcoder_set", layers=[at[n] for n in order], d_in=first.d_in,
             d_sae=[saes[n].cfg.d_sae for n in order], d_out=first.d_out, architecture=first.architecture,
             k=first.k, has_skip=first.has_skip, dtype=dtype_to_str(dts.pop()), model_name=first.model_name,
             hook_names_in=[saes[n].cfg.hook_name for n in order],
@@ -455,12 +460,12 @@ class MultiLayerDictionary(nn.Module):
         tensors: dict[str, torch.Tensor] = {}
         for i, n in enumerate(order):
             s = saes[n]
-            tensors.update({f"W_enc.{i}": s.W_enc.data, f"b_enc.{i}": s.b_enc.data,
+            tensors.update({f"W_enc.{i}": s.W_enc.data, f"b_enc.{i}": s.get_parameter("b_enc").data,
                             f"W_dec.{i}": s.W_dec.data[:, None, :], f"b_dec.{i}": s.b_dec.data})
             if first.architecture == "jumprelu":
-                tensors[f"threshold.{i}"] = s.threshold.data
+                tensors[f"threshold.{i}"] = s.get_parameter("threshold").data
             if first.has_skip:
-                tensors[f"W_skip.{i}"] = s.W_skip.data
+                tensors[f"W_skip.{i}"] = s.get_parameter("W_skip").data
         return cls.from_state_dict(cfg, tensors, device=saes[0].W_enc.device)
 
     # ------------------------------------------------------------------ construction and disk
@@ -494,7 +499,7 @@ class MultiLayerDictionary(nn.Module):
         loader; ``options`` go to the loader. Weights stay memory-mapped unless ``dtype``/``device`` differ."""
         from sae_hub.loading import load_local
 
-        cfg, state_dict, source = load_local(path, format=format, options=options, kind="multilayer")
+        cfg, state_dict, source = load_local(Path(path), format=format, options=options, kind="multilayer")
         if not isinstance(cfg, MultiLayerConfig):
             raise UnsupportedSAEError("this is a single-layer SAE; load it with sae_hub.SAE.load_from_disk",
                                       path=source, field="format")
