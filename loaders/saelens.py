@@ -9,6 +9,7 @@ fine-tuned SAEs hold a per-feature ``scaling_factor`` that multiplies features b
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from sae_hub.sae import check_floating_weights
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 
+logger = logging.getLogger(__name__)
+
 
 def detect(path: Path) -> bool:
     """A folder with ``cfg.json`` next to ``sae_weights.safetensors``."""
@@ -40,7 +43,13 @@ def load_config(path: Path, options: dict[str, Any]) -> SAEConfig:
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
             raise ConfigError(f"option norm_scaling_factor must be a positive finite number, got {factor!r}",
                               path=folder, field="norm_scaling_factor")
-        cfg.norm_scaling_factor = float(factor)
+        # As SAELens's from_pretrained: a release's factor scales the input only of an SAE trained with
+        # expected_average_only_in; for any other normalisation it is not this SAE's input scale and is ignored.
+        if cfg.normalize_activations == "expected_average_only_in" and cfg.norm_scaling_factor is None:
+            cfg.norm_scaling_factor = float(factor)
+        else:
+            logger.debug("%s: norm_scaling_factor=%r ignored (normalize_activations=%r, recorded factor %r)",
+                         folder, factor, cfg.normalize_activations, cfg.norm_scaling_factor)
     return cfg
 
 
