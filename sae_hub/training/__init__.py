@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     # synthetic data with planted features, and recovery metrics
     "SyntheticActivations": "sae_hub.training.synthetic",
     "evaluate_recovery": "sae_hub.training.synthetic",
+    "firing_f1": "sae_hub.training.synthetic",
     "max_cosine": "sae_hub.training.synthetic",
     "mmcs": "sae_hub.training.synthetic",
     "mcc": "sae_hub.training.synthetic",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from sae_hub.training.kernels import sparse_encode as sparse_encode
     from sae_hub.training.synthetic import SyntheticActivations as SyntheticActivations
     from sae_hub.training.synthetic import evaluate_recovery as evaluate_recovery
+    from sae_hub.training.synthetic import firing_f1 as firing_f1
     from sae_hub.training.synthetic import max_cosine as max_cosine
     from sae_hub.training.synthetic import mcc as mcc
     from sae_hub.training.synthetic import mmcs as mmcs
