@@ -24,7 +24,6 @@ import struct
 import sys
 import threading
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -725,44 +724,33 @@ def _check_layout(entries: dict[str, dict[str, Any]], data_len: int, p: Path) ->
 def read_safetensors(
     path: str | os.PathLike[str], keys: list[str] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Memory-map a safetensors file and return ``(tensors, metadata)`` without copying the data.
+    """``(tensors, metadata)`` of a safetensors file, read by the ``safetensors`` package, memory-mapped, no copy.
 
-    The whole header is validated (:func:`_parse_header`) even when ``keys`` asks for a few tensors, so a
-    byte-range read never trusts a range the full read would refuse; a key the file lacks is a
-    :class:`ShapeMismatchError` naming it. The mapping is private copy-on-write: the returned tensors are
-    writable (in-place folds work) and writes never reach the file. Tensors keep the mapping alive for as
-    long as they live.
-
-    Why not ``safetensors.safe_open``: it is zero-copy too (a private ``UntypedStorage.from_file`` mapping),
-    but its per-tensor Python calls made ``SAE.load_from_disk`` of a 288 MiB SAE about 1.6x slower, and it
-    silently keeps the last of duplicate keys; its other rules are reproduced in :func:`_parse_header`.
+    ``safetensors.safe_open`` owns the bytes-to-tensor step: it maps the file privately (copy-on-write), so the
+    tensors are writable (in-place folds work), writes never reach the file, and pages are read on first touch.
+    Before it opens the file, :func:`_parse_header` checks the header by the same rules the package applies, for
+    one reason the package cannot serve: its errors are strings, while ours name the tensor at fault
+    (``CorruptFileError.field``); it also refuses duplicate keys, which the package silently resolves to the last.
+    Any error the package still raises becomes a :class:`CorruptFileError` naming the file. The whole header is
+    validated even when ``keys`` asks for a few tensors; a key the file lacks is a :class:`ShapeMismatchError`.
     """
+    from safetensors import SafetensorError, safe_open
+
     p = Path(path)
     with open_regular(p) as f:
         header = _parse_header(f, p)
-        wanted = header.keys() if keys is None else list(keys)
-        if keys is not None:
-            for key in wanted:
-                header._entry(key)
-        out: dict[str, torch.Tensor] = {}
-        if not wanted:
-            return out, dict(header.metadata)
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    wanted = header.keys() if keys is None else list(keys)
     for key in wanted:
-        info = header.entries[key]
-        dtype = _ST_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        count = (end - begin) // dtype.itemsize
-        shape = tuple(info["shape"])
-        try:
-            if count == 0:
-                out[key] = torch.empty(shape, dtype=dtype)
-                continue
-            t = torch.frombuffer(buf, dtype=dtype, count=count, offset=header.data_start + begin)
-            out[key] = t.view(shape)
-        except (RuntimeError, ValueError, OverflowError) as e:  # pragma: no cover - the header checks rule these out
-            raise CorruptFileError(f"cannot view bytes as {info['dtype']} {_short(shape)}: {_short(e)}", path=p,
-                                   field=key) from None
+        header._entry(key)
+    out: dict[str, torch.Tensor] = {}
+    if not wanted:
+        return out, dict(header.metadata)
+    try:
+        with safe_open(os.fspath(p), framework="pt") as st:
+            for key in wanted:
+                out[key] = st.get_tensor(key)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:  # e.g. the file changed since the check
+        raise CorruptFileError(f"the safetensors reader refused this file: {_short(e)}", path=p) from None
     return out, dict(header.metadata)
 
 
@@ -773,37 +761,37 @@ MAX_DEFLATE_RATIO = 1032
 
 
 def read_npz(path: str | os.PathLike[str], keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
-    """Arrays of an ``.npz`` as tensors, never unpickling anything (object arrays are refused).
+    """Arrays of an ``.npz`` as tensors through ``np.load(allow_pickle=False)``: object arrays are refused, the zip
+    CRC-32 of every array read is checked (numpy reads members through :mod:`zipfile`).
 
-    Members stored uncompressed (what ``np.savez`` writes, e.g. Gemma Scope's ``params.npz``) are read straight
-    from the file into each array, checking the zip CRC-32 piece by piece while the bytes are in cache (one
-    copy instead of ``np.load``'s two, ~10% faster, same checks); compressed members go through the zip stream.
-    Each member's header is checked against its size before anything is allocated, so a truncated, damaged or
-    lying archive is a :class:`CorruptFileError` naming the array. ``keep(name)`` picks the arrays to read:
-    of the others only the .npy header is read (an unneeded deflated member could inflate to GiBs).
+    What ``np.load`` lacks is checked first, from the zip directory and each member's .npy header, before anything
+    is allocated or inflated: a stored entry lies inside the file, a deflated one claims no more than deflate can
+    produce, and the header's shape and dtype fit in the entry (a 16-byte entry promising 4 TB would otherwise be
+    allocated). So a truncated, damaged or lying archive is a :class:`CorruptFileError` naming the array.
+    ``keep(name)`` picks the arrays to read: of the others only the .npy header is read (an unneeded deflated
+    member could inflate to GiBs).
     """
+    import numpy as np
+
     p = Path(path)
-    if not p.is_file():
-        raise MissingFileError("required file not found", path=p)
     try:
-        with open(p, "rb") as f:
-            zf = zipfile.ZipFile(f)
+        with open_regular(p) as f, np.load(f, allow_pickle=False) as npz:
             out: dict[str, torch.Tensor] = {}
-            for info in zf.infolist():
-                if info.filename.endswith(".npy"):
-                    name = info.filename.removesuffix(".npy")
-                    _check_npz_entry(info, p, name)
-                    try:
-                        if keep is not None and not keep(name):  # header only: object arrays are still refused
-                            with zf.open(info) as member:
-                                _check_npy_header(member, info.file_size, p, name)
-                            continue
-                        out[name] = _npy_tensor(_read_npz_member(zf, f, info, p, name), p, name)
-                    except SaeHubError:
-                        raise
-                    except (OSError, zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
-                        raise CorruptFileError(f"cannot read this array: {type(e).__name__}: {e}", path=p,
-                                               field=name) from None
+            for info in npz.zip.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename.removesuffix(".npy")
+                _check_npz_entry(info, p, name)
+                try:
+                    with npz.zip.open(info) as member:  # header only: object arrays are refused even if not kept
+                        _check_npy_header(member, info.file_size, p, name)
+                    if keep is None or keep(name):
+                        out[name] = _npy_tensor(npz[name], p, name)
+                except SaeHubError:
+                    raise
+                except (OSError, zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
+                    raise CorruptFileError(f"cannot read this array: {type(e).__name__}: {e}", path=p,
+                                           field=name) from None
             return out
     except SaeHubError:
         raise
@@ -827,45 +815,6 @@ def _check_npz_entry(info: zipfile.ZipInfo, p: Path, name: str) -> None:
     else:
         raise CorruptFileError(f"zip compression method {info.compress_type} (numpy writes stored or deflated "
                                "entries only)", path=p, field=name)
-
-
-def _read_npz_member(zf: zipfile.ZipFile, f: IO[bytes], info: zipfile.ZipInfo, p: Path, name: str) -> Any:
-    import numpy as np
-
-    if info.compress_type != zipfile.ZIP_STORED:
-        with zf.open(info) as member:
-            _check_npy_header(member, info.file_size, p, name)
-        with zf.open(info) as member:
-            return np.lib.format.read_array(member, allow_pickle=False)
-    f.seek(info.header_offset)
-    local = f.read(30)
-    if len(local) < 30 or local[:4] != b"PK\x03\x04":
-        raise CorruptFileError("zip entry has no local header where the directory says", path=p, field=name)
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    f.seek(start)
-    shape, fortran, dtype = _check_npy_header(f, info.file_size, p, name)
-    data_start = f.tell()
-    trailing = info.file_size - (data_start - start) - math.prod(shape) * dtype.itemsize
-    if trailing < 0:
-        raise CorruptFileError(f"array header and data overrun its {info.file_size}-byte zip entry",
-                               path=p, field=name)
-    f.seek(start)
-    crc = zlib.crc32(f.read(data_start - start))
-    arr = np.empty(math.prod(shape), dtype=dtype)
-    raw = memoryview(arr.view(np.uint8))
-    for pos in range(0, len(raw), _NPZ_CHUNK):  # read each piece and checksum it while it is in cache
-        piece = raw[pos:pos + _NPZ_CHUNK]
-        if f.readinto(piece) != len(piece):
-            raise CorruptFileError("file is truncated inside this array", path=p, field=name)
-        crc = zlib.crc32(piece, crc)
-    crc = zlib.crc32(f.read(trailing), crc)  # bytes np.load would ignore, but the CRC covers them
-    if crc != info.CRC:
-        raise CorruptFileError("zip CRC-32 mismatch: the array's bytes are damaged", path=p, field=name)
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-
-
-_NPZ_CHUNK = 1 << 20
 
 
 def _check_npy_header(f: IO[bytes], size: int, p: Path, name: str) -> tuple[tuple[int, ...], bool, Any]:
