@@ -5,7 +5,9 @@ Usage (from the repository root, with nothing but Python >= 3.10):
 
     python3 .ci/bootstrap.py demo    # create .venv, install sae-hub[analysis], run `sae-hub demo`
     python3 .ci/bootstrap.py test    # create .venv, install sae-hub[test], run ruff and pytest; then the
-                                     # SAELens compat suite in .venv-compat and the core-only suite in .venv-core
+                                     # SAELens compat suite in .venv-compat, the circuit-tracer suite in
+                                     # .venv-ct and the core-only suite in .venv-core
+    python3 .ci/bootstrap.py ct      # only the circuit-tracer environment and its suite
 
 Torch is installed first, pinned to 2.13.0, when the environment has none: an unpinned ``torch``
 requirement would pull the newest CUDA build (several GB). If the Python running this script already
@@ -53,6 +55,15 @@ COMPAT_REQUIREMENTS = ("sae-lens==6.54.12", "pytest>=8")
 # the extra to install. Never created with the system site-packages: a package there would fake an extra.
 CORE_VENV = Path(os.environ.get("SAE_HUB_CORE_VENV", ROOT / ".venv-core"))
 CORE_REQUIREMENTS = ("pytest>=8",)
+
+
+# A fourth environment with circuit-tracer 0.5.0 itself: tests/compat_circuit_tracer proves that circuit-tracer's own
+# loaders read what `convert(..., to="circuit-tracer")` writes and compute the same features and outputs. Its own
+# environment because circuit-tracer pins huggingface-hub<1 and transformers<=4.57.3, which the main environment's
+# extras have outgrown; sae-hub's core dependencies accept both. Torch stays the one installed first (a constraints
+# file pins it: circuit-tracer's `torch>=2.0` must never pull another build).
+CT_VENV = Path(os.environ.get("SAE_HUB_CT_VENV", ROOT / ".venv-ct"))
+CT_REQUIREMENTS = ("circuit-tracer==0.5.0", "pytest>=8")
 
 
 def core_job_plan() -> dict[str, object]:
@@ -112,12 +123,13 @@ def installer(py: Path) -> list[str | Path]:
 
 
 def ensure_venv(extras: str, *, venv_dir: Path = VENV, extra_requirements: tuple[str, ...] = (),
-                editable: bool = True, isolated: bool = False) -> Path:
+                editable: bool = True, isolated: bool = False, keep_torch: bool = False) -> Path:
     """Create ``venv_dir`` if needed and install sae-hub with ``extras`` into it (editable unless told otherwise).
 
     ``isolated`` never shares the system site-packages (its torch included: the pinned one is installed).
     A non-editable install is rebuilt from the checkout every time (uv would otherwise reuse a cached build of an
-    unchanged pyproject.toml and test stale code).
+    unchanged pyproject.toml and test stale code). ``keep_torch`` installs the requirements under a constraints
+    file naming the torch the environment already has, so no requirement can replace it.
     """
     py = venv_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
     if not py.exists():
@@ -128,6 +140,8 @@ def ensure_venv(extras: str, *, venv_dir: Path = VENV, extra_requirements: tuple
     if not has_torch(py):
         run(*pip, TORCH_PIN)
     target = f".[{extras}]" if extras else "."
+    if keep_torch:
+        pip = [*pip, "--constraint", torch_constraint(py, venv_dir)]
     if editable:
         run(*pip, *extra_requirements, "-e", target)
     elif Path(str(pip[0])).name == "uv":
@@ -136,6 +150,26 @@ def ensure_venv(extras: str, *, venv_dir: Path = VENV, extra_requirements: tuple
         run(*pip, *extra_requirements, target)
         run(*pip, "--force-reinstall", "--no-deps", target)
     return py
+
+
+def torch_constraint(py: Path, venv_dir: Path) -> Path:
+    """A constraints file pinning the torch that ``py`` imports (its public version: ``2.13.0+cpu`` -> ``2.13.0``,
+    which the local build still satisfies), written into ``venv_dir``."""
+    version = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                             text=True, check=True).stdout.strip().split("+")[0]
+    path = venv_dir / "torch-constraint.txt"
+    path.write_text(f"torch=={version}\n")
+    return path
+
+
+def ct_job() -> None:
+    """Build .venv-ct (circuit-tracer 0.5.0 + sae-hub's core + pytest, torch kept) and run
+    tests/compat_circuit_tracer there; prints how long each took (CI time this job adds)."""
+    t0 = time.time()
+    py = ensure_venv("", venv_dir=CT_VENV, extra_requirements=CT_REQUIREMENTS, keep_torch=True)
+    t1 = time.time()
+    run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/compat_circuit_tracer")
+    print(f"circuit-tracer env: installed in {t1 - t0:.0f} s, tests in {time.time() - t1:.0f} s", flush=True)
 
 
 def core_job() -> None:
@@ -162,9 +196,12 @@ def main() -> int:
         if not sys.argv[2:]:
             compat = ensure_venv("", venv_dir=COMPAT_VENV, extra_requirements=COMPAT_REQUIREMENTS)
             run(compat, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/compat")
+            ct_job()
             core_job()
+    elif job == "ct":
+        ct_job()
     else:
-        print(f"unknown job {job!r}; use 'demo' or 'test'", file=sys.stderr)
+        print(f"unknown job {job!r}; use 'demo', 'test' or 'ct'", file=sys.stderr)
         return 2
     print(f"{job}: done in {time.time() - start:.0f} s", flush=True)
     return 0

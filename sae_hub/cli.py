@@ -210,20 +210,27 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
                         "what SAELens cannot compute (default). --no-saelens-compatible writes exactly what "
                         "was loaded, marked sae-hub-only where SAELens would get it wrong")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="loader option, value parsed as JSON when possible (repeatable)")
+                   help="loader option, value parsed as JSON when possible (repeatable); with --to circuit-tracer "
+                        "also feature_input_hook, feature_output_hook (relative to a block, e.g. mlp.hook_in) and "
+                        "scan for its config.yaml")
+    p.add_argument("--to", choices=["native", "circuit-tracer"], default="native",
+                   help="native: SAELens 6 folders (default). circuit-tracer: ONE folder circuit-tracer 0.5.0 loads "
+                        "(layer_{i}.safetensors or W_enc_{i}/W_dec_{i}.safetensors + config.yaml) from a transcoder "
+                        "set, a CLT, a folder of per-layer transcoders or one transcoder")
 
 
 @command("convert", _convert_args, help="convert a checkpoint (or a folder of them) to the native format",
          description="Write SRC in the native (SAELens 6) format under DST, recording the source files' sha256 "
                      "and every transform in cfg.json.",
          examples=["sae-hub convert overcomplete/module.pt out/ --dtype float32",
-                   "sae-hub convert state_dict.pt out/ --format overcomplete --option top_k=32"])
+                   "sae-hub convert state_dict.pt out/ --format overcomplete --option top_k=32",
+                   "sae-hub convert my_transcoders/ ct_out/ --to circuit-tracer"])
 def _convert(args: argparse.Namespace) -> int:
     from sae_hub.conversion import convert
 
     written = convert(args.src, args.dst, format=args.format, dtype=args.dtype,
                       fold_decoder_norm=args.fold_decoder_norm, saelens_compatible=args.saelens_compatible,
-                      **_parse_options(args.option))
+                      to=args.to, **_parse_options(args.option))
     for path in written:
         print(path)
     return 0

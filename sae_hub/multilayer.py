@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,14 +60,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from sae_hub.config import Provenance
-from sae_hub.errors import ConfigError, ShapeMismatchError, UnknownArchitectureError, UnsupportedSAEError
+from sae_hub.errors import (
+    ConfigError,
+    IncompatibleSaveError,
+    ShapeMismatchError,
+    UnknownArchitectureError,
+    UnsupportedSAEError,
+)
 from sae_hub.files import dtype_from_str, dtype_to_str
 
 if TYPE_CHECKING:
     from sae_hub.sae import SAE
 
 __all__ = ["KINDS", "MULTILAYER_ARCHITECTURES", "CrossCoder", "CrossCoderConfig", "MultiLayerConfig",
-           "MultiLayerDictionary", "crosscoder_param_shapes", "multilayer_param_shapes"]
+           "MultiLayerDictionary", "circuit_tracer_files", "crosscoder_param_shapes", "multilayer_param_shapes",
+           "save_circuit_tracer"]
 
 KINDS = ("transcoder_set", "clt")
 MULTILAYER_ARCHITECTURES = ("relu", "jumprelu", "topk")
@@ -505,6 +513,13 @@ class MultiLayerDictionary(nn.Module):
                                       path=source, field="format")
         return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
 
+    def save_circuit_tracer(self, path: str | os.PathLike[str], *, feature_input_hook: str | None = None,
+                            feature_output_hook: str | None = None, scan: str | None = None) -> Path:
+        """Write circuit-tracer 0.5.0 files that its own loaders read as this dictionary (see
+        :func:`save_circuit_tracer`); what it cannot hold is an IncompatibleSaveError naming the field."""
+        return save_circuit_tracer(self, path, feature_input_hook=feature_input_hook,
+                                   feature_output_hook=feature_output_hook, scan=scan)
+
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"kind={c.kind}, layers={c.layers}, architecture={c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}, "
@@ -666,3 +681,166 @@ def _layer_of(hook: str | None) -> int | None:
         if head.isdigit():
             return int(head)
     return None
+
+
+# ---------------------------------------------------------------------- writing circuit-tracer files
+
+CIRCUIT_TRACER_CONFIG = "config.yaml"
+# Files a circuit-tracer folder may hold besides the weights: a stale one would be read with the new weights.
+_CT_STALE = re.compile(r"(layer_\d+|W_enc_\d+|W_dec_\d+)\.safetensors|config\.yaml|wandb-config\.yaml|"
+                       r"wanb-config\.yaml")
+
+
+def _ct_refuse(message: str, path: str | os.PathLike[str], field: str) -> IncompatibleSaveError:
+    return IncompatibleSaveError(f"circuit-tracer 0.5.0 cannot hold this: {message}", path=path, field=field)
+
+
+def _ct_relative_hook(d: MultiLayerDictionary, name: str, option: str | None, option_name: str,
+                      path: str | os.PathLike[str]) -> str:
+    """The hook circuit-tracer's config names relative to a block (``mlp.hook_in`` for ``blocks.L.mlp.hook_in``):
+    one for every layer, from the dictionary's hook names (or what its circuit-tracer config said), checked
+    against ``option`` when both are known; unknown and not given is a refusal (circuit-tracer's loaders need it)."""
+    cfg = d.cfg
+    hooks: list[str | None] = getattr(cfg, name) or [None] * cfg.n_layers
+    found: set[str] = set()
+    for layer, hook in zip(cfg.layers, hooks, strict=True):
+        if hook is None:
+            continue
+        prefix = f"blocks.{layer}."
+        if not hook.startswith(prefix) or len(hook) == len(prefix):
+            raise _ct_refuse(f"{name} has {hook!r} for layer {layer}; circuit-tracer names hooks relative to "
+                             f"blocks.{{layer}} (blocks.{layer}.<hook>)", path, name)
+        found.add(hook[len(prefix):])
+    unknown = [layer for layer, hook in zip(cfg.layers, hooks, strict=True) if hook is None]
+    if unknown and found:
+        raise _ct_refuse(f"{name} is unknown for layers {unknown} and {sorted(found)[0]!r} for the others", path,
+                         name)
+    known = cfg.extra.get(option_name)
+    if isinstance(known, str) and known:
+        found.add(known)
+    if len(found) > 1:
+        raise _ct_refuse(f"{name} names different hooks per layer {sorted(found)}; circuit-tracer's config holds "
+                         f"one {option_name} for every layer", path, name)
+    if option is not None:
+        if not isinstance(option, str) or not option or option.startswith("blocks."):
+            raise ConfigError(f"{option_name} must be a hook name relative to a block (e.g. 'mlp.hook_in'), got "
+                              f"{option!r}", path=path, field=option_name)
+        if found and option not in found:
+            raise ConfigError(f"{option_name}={option!r} disagrees with this dictionary's {name} "
+                              f"({sorted(found)[0]!r}); change the dictionary's config instead", path=path,
+                              field=option_name)
+        return option
+    if not found:
+        raise _ct_refuse(f"the hooks are unknown ({name} is null) and circuit-tracer's config.yaml needs "
+                         f"{option_name}; pass {option_name}=...", path, option_name)
+    return found.pop()
+
+
+def circuit_tracer_files(d: MultiLayerDictionary, path: str | os.PathLike[str] = "<dictionary>", *,
+                         feature_input_hook: str | None = None, feature_output_hook: str | None = None,
+                         scan: str | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """What :func:`save_circuit_tracer` writes, without writing: ``({file name: tensors}, config.yaml dict)``.
+
+    Refusals (:class:`~sae_hub.errors.IncompatibleSaveError` naming the field) are everything circuit-tracer 0.5.0
+    would load as something else or not at all: topk (its loaders build ReLU or JumpReLU only), ``d_out != d_in``
+    (its transcoders are square), per-layer ``d_sae`` (one ``d_transcoder``), layers other than ``0..n-1`` (its
+    ``TranscoderSet``/CLT index layers from 0 without gaps; a single transcoder may sit at any layer), a CLT
+    skip connection (its ``to_safetensors``/``load_clt`` store none), and unknown or per-layer hooks. One exact
+    fold: a CLT decoder that is absent here (sparse ``targets``) is written as zeros, which adds exactly nothing,
+    and recorded in the provenance the config carries.
+    """
+    cfg = d.cfg
+    n = cfg.n_layers
+    assert isinstance(cfg.d_sae, list) and cfg.targets is not None
+    if cfg.architecture not in ("relu", "jumprelu"):
+        raise _ct_refuse(f"architecture {cfg.architecture!r}: its loaders build ReLU, or JumpReLU when a threshold "
+                         "is stored", path, "architecture")
+    if cfg.d_out != cfg.d_in:
+        raise _ct_refuse(f"d_out={cfg.d_out} differs from d_in={cfg.d_in}: its transcoders read and write d_model",
+                         path, "d_out")
+    if len(set(cfg.d_sae)) != 1:
+        raise _ct_refuse(f"d_sae differs per layer {cfg.d_sae}: one d_transcoder covers every layer", path, "d_sae")
+    single = cfg.kind == "transcoder_set" and n == 1
+    if cfg.layers != list(range(n)) and not single:
+        raise _ct_refuse(f"layers {cfg.layers}: its {'TranscoderSet' if cfg.kind == 'transcoder_set' else 'CLT'} "
+                         f"covers layers 0..n-1 without a gap", path, "layers")
+    if cfg.kind == "clt" and cfg.has_skip:
+        raise _ct_refuse("a CLT skip connection: CrossLayerTranscoder.to_safetensors and load_clt store no W_skip",
+                         path, "has_skip")
+    hin = _ct_relative_hook(d, "hook_names_in", feature_input_hook, "feature_input_hook", path)
+    hout = _ct_relative_hook(d, "hook_names_out", feature_output_hook, "feature_output_hook", path)
+    conversions = list(cfg.provenance.conversions)
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    for i, layer in enumerate(cfg.layers):
+        W_enc = d.W_enc[i].detach().T  # circuit-tracer: [d_sae, d_in], z = F.linear(x, W_enc, b_enc); made
+        # contiguous file by file as it is written
+        if cfg.kind == "transcoder_set":
+            t = {"W_enc": W_enc, "W_dec": d.W_dec[i].detach()[:, 0, :], "b_enc": d.b_enc[i].detach(),
+                 "b_dec": d.b_dec[i].detach()}
+            if d.threshold is not None:
+                t["activation_function.threshold"] = d.threshold[i].detach()
+            if d.W_skip is not None:
+                t["W_skip"] = d.W_skip[i].detach()
+            files[f"layer_{layer}.safetensors"] = t
+            continue
+        t = {f"W_enc_{i}": W_enc, f"b_enc_{i}": d.b_enc[i].detach(), f"b_dec_{i}": d.b_dec[i].detach()}
+        if d.threshold is not None:
+            t[f"threshold_{i}"] = d.threshold[i].detach()
+        files[f"W_enc_{i}.safetensors"] = t
+        W_dec = d.W_dec[i].detach()
+        if cfg.targets[i] != list(range(i, n)):
+            full = W_dec.new_zeros((cfg.d_sae[i], n - i, int(cfg.d_out or cfg.d_in)))
+            full[:, [tg - i for tg in cfg.targets[i]], :] = W_dec
+            absent = [cfg.layers[tg] for tg in range(i, n) if tg not in cfg.targets[i]]
+            conversions.append(f"layer {layer}: absent decoders to layers {absent} written as zeros (exact)")
+            W_dec = full
+        files[f"W_dec_{i}.safetensors"] = {f"W_dec_{i}": W_dec}
+    from sae_hub import __version__
+
+    conversions.append(f"written as circuit-tracer 0.5.0 {cfg.kind} files by sae-hub {__version__}")
+    config: dict[str, Any] = {"model_kind": "transcoder_set" if cfg.kind == "transcoder_set"
+                              else "cross_layer_transcoder"}
+    if cfg.model_name is not None:
+        config["model_name"] = cfg.model_name
+    config["feature_input_hook"] = hin
+    config["feature_output_hook"] = hout
+    scan = scan if scan is not None else cfg.extra.get("scan")
+    if scan is not None:
+        config["scan"] = scan
+    prov = cfg.provenance.to_dict()
+    prov["conversions"] = conversions
+    config["sae_hub"] = {"version": __version__, "provenance": prov}
+    return files, config
+
+
+def save_circuit_tracer(d: MultiLayerDictionary, path: str | os.PathLike[str], *,
+                        feature_input_hook: str | None = None, feature_output_hook: str | None = None,
+                        scan: str | None = None) -> Path:
+    """Write ``d`` as circuit-tracer 0.5.0 files: what its ``to_safetensors`` writes, plus the ``config.yaml`` its
+    Hub repos carry and ``load_transcoders_from_cache`` reads (``model_kind``, ``model_name``,
+    ``feature_input_hook``/``feature_output_hook`` relative to a block, ``scan`` when known; sae-hub's provenance
+    under ``sae_hub``, which circuit-tracer ignores).
+
+    Transcoder set: ``layer_{i}.safetensors`` with ``W_enc [d_sae, d_in]``, ``W_dec [d_sae, d_out]``, ``b_enc``,
+    ``b_dec``, ``activation_function.threshold`` (JumpReLU) and ``W_skip [d_out, d_in]`` (skip). CLT:
+    ``W_enc_{i}.safetensors`` (``W_enc_{i}``, ``b_enc_{i}``, ``b_dec_{i}``, ``threshold_{i}``) and
+    ``W_dec_{i}.safetensors`` (``W_dec_{i} [d_sae, n - i, d_out]``). Tensors keep their dtype. Why no fold for
+    thresholds: circuit-tracer computes ``z * (z > threshold)``, exactly this class's JumpReLU, negative
+    thresholds included. What it cannot hold is refused before anything is written (:func:`circuit_tracer_files`).
+
+    The folder is built whole and swapped into place (:func:`sae_hub.files.atomic_folder`); circuit-tracer files
+    already there (another set's ``layer_{i}`` or ``W_enc_{i}``, a config) are replaced, never mixed in.
+    """
+    import yaml
+
+    from sae_hub.files import atomic_folder, write_safetensors_atomic
+
+    files, config = circuit_tracer_files(d, path, feature_input_hook=feature_input_hook,
+                                         feature_output_hook=feature_output_hook, scan=scan)
+    dst = Path(path)
+    stale = {p.name for p in dst.iterdir() if _CT_STALE.fullmatch(p.name)} if dst.is_dir() else set()
+    with atomic_folder(dst, replaces={*files, CIRCUIT_TRACER_CONFIG, *stale}) as tmp:
+        for name, tensors in files.items():
+            write_safetensors_atomic(tmp / name, tensors, metadata={"format": "pt"})
+        (tmp / CIRCUIT_TRACER_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return dst
