@@ -37,6 +37,11 @@ COVERED: dict[str | None, str] = {
     "dictionary_learning_1": "dictionary-learning",
     "qwen_scope": "qwen-scope",
     "goodfire": "goodfire",
+    "mwhanna_transcoder": "circuit-tracer-transcoder",
+    "mntss_clt_layer_transcoder": "clt-source-layer",
+    "connor_rob_hook_z": "connor-rob-hook-z",
+    "deepseek_r1": "deepseek-r1",
+    "temporal": "temporal-sae",
 }
 FACTS = ("l0", "neuronpedia", "variance_explained", "norm_scaling_factor")
 REPO = Path(__file__).resolve().parent.parent

@@ -26,6 +26,7 @@ reached (connection refused, timeouts, persistent 5xx) is a :class:`DownloadErro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -35,7 +36,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from sae_hub.errors import (
     CorruptFileError,
@@ -102,7 +103,15 @@ def _offline(local_files_only: bool | None) -> bool:
     return bool(c.HF_HUB_OFFLINE)
 
 
-def _library() -> dict[str, str]:
+class _Library(TypedDict):
+    """The keyword arguments :func:`_library` returns (a TypedDict so that ``**_library()`` type-checks against
+    huggingface_hub's overloads)."""
+
+    library_name: str
+    library_version: str
+
+
+def _library() -> _Library:
     """``library_name``/``library_version`` for every huggingface_hub call that takes them.
 
     The client puts them first in the User-Agent of each request (``sae-hub/0.1.0; hf_hub/...``); that is how the
@@ -333,8 +342,8 @@ def _remote_hashes(src: Fetched, names: list[str]) -> dict[str, tuple[str, str]]
         lfs = getattr(info, "lfs", None)
         if lfs is not None and getattr(lfs, "sha256", None):
             out[info.path] = ("sha256", str(lfs.sha256).lower())
-        elif getattr(info, "blob_id", None):
-            out[info.path] = ("git-sha1", str(info.blob_id).lower())
+        elif blob_id := getattr(info, "blob_id", None):  # a RepoFolder has none
+            out[info.path] = ("git-sha1", str(blob_id).lower())
     return out
 
 
@@ -521,11 +530,18 @@ def fetch(src: Source, *, offline: bool | None = None, force: bool = False, conf
     stub: tempfile.TemporaryDirectory[str] | None = None
     try:
         if src.local_root is not None:
-            got.path = src.under(src.local_root)
+            got.path = src.local_root if src.files is not None else src.under(src.local_root)
             if not got.path.exists():
                 raise MissingFileError("the release's local folder has no such SAE path", path=got.path)
             got.config_only = config and loader is not None and bool(loader.config_files)
             got.format = src.format or detect_format(got.path)
+        elif loader is not None and src.files is not None:
+            # the release table lists this SAE's files (one layer of a per-layer file set): fetch those alone
+            got.format = loader.name
+            root = _download(dataclasses.replace(src, path=""), got, list(src.files), offline=offline, force=force)
+            # the SAE is its path when that is one of the files (a weights file with a config beside it), else
+            # the root holding them (a layer number: the loader picks the layer from its options)
+            got.path = root / src.path if src.path in src.files else root
         elif loader is not None:
             got.format = loader.name
             if config and loader.config_files:
@@ -832,7 +848,7 @@ def root_card(existing: str | None, sae: SAEConfig | HasConfig, repo_id: str, pa
             raise CorruptFileError(f"the repo's model card cannot be merged: its front matter is not valid card "
                                    f"metadata ({type(e).__name__}: {_one_line(e)}); fix or remove it, nothing was "
                                    "uploaded", path=where, field="front matter") from None
-        data = card.data
+        data = cast("ModelCardData", card.data)  # ModelCard.card_data_class; the stub types it as the base CardData
         tags = data.tags if isinstance(data.tags, list) else [data.tags] if data.tags else []
         data.tags = list(dict.fromkeys([*(str(t) for t in tags), *_sae_tags(cfg)]))
         data.library_name = data.library_name or "sae-hub"

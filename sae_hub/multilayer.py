@@ -513,6 +513,32 @@ class MultiLayerDictionary(nn.Module):
                                       path=source, field="format")
         return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
 
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, revision: str | None = None,
+                        force_download: bool = False, local_files_only: bool | None = None,
+                        format: str | None = None, **options: Any) -> MultiLayerDictionary:
+        """Load transcoder set / CLT ``sae_id`` of a release (or of a Hub repo id ``org/name``, ``sae_id`` then
+        being the folder in it): the same locate -> fetch -> load steps as ``SAE.from_pretrained``, building this
+        class. Only the files the format reads are fetched; weights stay memory-mapped. The release table's
+        model name and release are recorded (its hook facts are per-SAE and do not apply to a multi-layer set)."""
+        from sae_hub import hub
+        from sae_hub.loading import load_local
+        from sae_hub.releases import locate
+
+        src = locate(release, sae_id, revision=revision, format=format)
+        options = {**src.options, **options}
+        with hub.fetch(src, offline=local_files_only, force=force_download) as got:
+            cfg, state_dict, source = load_local(got.path, format=got.format, options=options, files=got.files,
+                                                 kind="multilayer")
+        if not isinstance(cfg, MultiLayerConfig):
+            raise UnsupportedSAEError("this is a single-layer SAE; load it with sae_hub.SAE.from_pretrained",
+                                      path=source, field="format")
+        if src.release is not None and src.entry is not None:
+            cfg.model_name = cfg.model_name or src.release.model
+            cfg.extra.setdefault("release", {"name": src.release.name, "sae_id": src.entry.id})
+        return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
+
     def save_circuit_tracer(self, path: str | os.PathLike[str], *, feature_input_hook: str | None = None,
                             feature_output_hook: str | None = None, scan: str | None = None) -> Path:
         """Write circuit-tracer 0.5.0 files that its own loaders read as this dictionary (see

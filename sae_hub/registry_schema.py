@@ -61,6 +61,7 @@ from sae_hub.release_rules import (
 )
 
 __all__ = [
+    "KINDS",
     "MAX_STR",
     "SAE",
     "ConfigOverrides",
@@ -94,14 +95,23 @@ RepoId = Annotated[str, Meta(pattern=r"^[\w.-]+/[\w.-]+$", max_length=200, descr
 ExpandRow = dict[VarName, Scalar | Annotated[list[Scalar], Meta(min_length=1)]]
 Vars = dict[VarName, Scalar]
 Links = dict[Text, Text]
+#: What a release holds (shown by ``sae-hub list``): single-layer SAEs (``sae``), single-layer transcoders
+#: (``transcoder``), a per-layer transcoder set (``transcoder_set``: one id per layer, or the whole set), a
+#: cross-layer transcoder (``clt``: the whole CLT, or one source layer per id), a crosscoder, or temporal SAEs.
+#: Absent: ``transcoder`` when the release names an output hook (``hook_out``), else ``sae``.
+KINDS = ("sae", "transcoder", "transcoder_set", "clt", "crosscoder", "temporal")
+Kind = Literal[KINDS]  # type: ignore[valid-type]
+#: Loader options the release table hands the loader for one SAE (e.g. ``layer`` of a CLT file set); the user's
+#: own options win. Strings may be ``{var}`` templates.
+LoaderOptions = dict[VarName, Scalar]
 
 
 def config_field_types() -> dict[str, Any]:
     """SAEConfig fields a registry ``config:`` may override, each with the type (and constraints) it accepts."""
     hints = typing.get_type_hints(SAEConfig)
     special: dict[str, Any] = {
-        "architecture": Literal[ARCHITECTURES],  # type: ignore[valid-type]
-        "normalize_activations": Literal[NORMALIZATIONS],  # type: ignore[valid-type]
+        "architecture": Literal[ARCHITECTURES],
+        "normalize_activations": Literal[NORMALIZATIONS],
         "reshape_activations": Literal["none", "hook_z"],
         "d_in": PositiveInt, "d_sae": PositiveInt, "d_out": PositiveInt | None, "k": PositiveInt | None,
         "norm_scaling_factor": Positive | None, "norm_scaling_factor_out": Positive | None,
@@ -149,6 +159,8 @@ class SAE(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_default
     config: ConfigOverrides | None = None  # type: ignore[valid-type]
     hook: Text | None = None
     hook_out: Text | None = None
+    files: Annotated[list[Text], Meta(min_length=1, max_length=64)] | None = None
+    options: LoaderOptions | None = None
     vars: Vars | None = None
     expand: Annotated[list[ExpandRow], Meta(min_length=1)] | None = None
 
@@ -160,6 +172,7 @@ class Release(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_def
     model: Text
     format: Text
     saes: Annotated[list[SAE], Meta(min_length=1)]
+    kind: Kind | None = None
     repo_id: RepoId | None = None
     local_path: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
     revision: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
@@ -419,10 +432,11 @@ def _schema_error(text: str, doc: Any, source: str) -> RegistryError:
             if expected is None and len(before) == 2 and before[0] == "expand":
                 expected = ExpandRow
             comps[i] = _first_bad_key(node, expected) if expected is not None else "..."
+        c = comps[i]  # re-read: the "..." case above may have replaced it
         if isinstance(node, Mapping):
-            node = node.get(comps[i]) if comps[i] in node else None
-        elif isinstance(node, list) and isinstance(comps[i], int) and comps[i] < len(node):
-            node = node[comps[i]]
+            node = node.get(c) if c in node else None
+        elif isinstance(node, list) and isinstance(c, int) and c < len(node):
+            node = node[c]
         else:
             node = None
     if m["key"]:
@@ -528,6 +542,8 @@ def _template_uses(rel: Mapping[str, Any], sae: Mapping[str, Any], at: str, sat:
     hooks it inherits, and the release's and its own ``config`` values."""
     fields: list[tuple[str, Any]] = [(f"{sat}.{k}", sae.get(k)) for k in ("id", "path", "neuronpedia", "sha256",
                                                                           *NUMERIC_FACTS)]
+    fields.extend((f"{sat}.files[{n}]", f) for n, f in enumerate(sae.get("files") or []))
+    fields.extend((f"{sat}.options.{k}", v) for k, v in (sae.get("options") or {}).items())
     for key in ("hook", "hook_out"):
         fields.append((f"{sat}.{key}", sae[key]) if key in sae else (f"{at}.{key}", rel.get(key)))
     config = {**{k: (f"{at}.config.{k}", v) for k, v in (rel.get("config") or {}).items()},

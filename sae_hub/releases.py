@@ -8,6 +8,8 @@ A family file (``registry/<family>.yaml``) holds a list of releases::
         repo_id: google/gemma-scope-2b-pt-res     # a Hub repo ... (exactly one of repo_id / local_path)
         # local_path: /shared/saes/my-release     # ... or a folder (relative paths: to the YAML file)
         format: gemma-scope                       # required: a registered loader name
+        kind: sae                                 # optional: sae | transcoder | transcoder_set | clt | crosscoder |
+                                                  # temporal (shown in listings; default from hook_out)
         revision: 0123abcd...                     # optional pin (commit sha, branch or tag)
         hook: blocks.{layer}.hook_resid_post      # optional hook-name template for every SAE
         hook_out: ...                             # optional output hook template (transcoders)
@@ -20,6 +22,11 @@ A family file (``registry/<family>.yaml``) holds a list of releases::
             l0: 53                                 # optional facts: l0, neuronpedia, variance_explained,
             neuronpedia: gemma-2-2b/3-gemmascope-res-16k  # norm_scaling_factor, sha256 (of the weights)
             vars: {layer: 3}                      # values for the release's templates
+          - id: layer_{layer}                     # one layer of a CLT stored as per-layer files at the root:
+            path: '{layer}'                       #   files: the only files to fetch (relative to the release
+            files: [W_enc_{layer}.safetensors, W_dec_{layer}.safetensors, config.yaml]  # root, not to path)
+            options: {layer: '{layer}'}           #   options: loader options for this SAE
+            expand: [{layer: "0..25"}]
           - id: layer_{layer}/width_{width}/average_l0_{l0}   # a compact entry: expands to many SAEs
             expand:                                # each row is crossed over its list values;
               - {layer: "0..25", width: 16k, l0: [20, 41]}    # "a..b" is an inclusive integer range
@@ -139,6 +146,8 @@ class SAEEntry:
     hook_out: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     origin: str | None = None  # the YAML entry it came from, e.g. "releases[3].saes[0]", for error messages
+    files: tuple[str, ...] | None = None  # the only files to fetch, relative to the release root (not to path)
+    options: Mapping[str, Any] = field(default_factory=dict)  # loader options the release table gives this SAE
 
 
 @dataclass
@@ -158,6 +167,7 @@ class Release:
     license: str | None = None
     description: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    declared_kind: str | None = None  # the YAML's ``kind``; see :attr:`kind`
     raw_saes: list[dict[str, Any]] = field(default_factory=list, repr=False)
     index: int | None = None  # position in its file's 'releases' list, for error paths
     _saes: dict[str, SAEEntry] | None = field(default=None, repr=False)
@@ -173,6 +183,15 @@ class Release:
     @property
     def location(self) -> str:
         return self.repo_id or self.local_path or "?"
+
+    @property
+    def kind(self) -> str:
+        """What the release holds (see ``KINDS`` in :mod:`sae_hub.registry_schema`): the YAML's ``kind``, else
+        ``transcoder`` when it names an output hook, else ``sae``. Read without expanding or importing loaders, so
+        listings stay cheap."""
+        if self.declared_kind:
+            return self.declared_kind
+        return "transcoder" if self.hook_out or any("hook_out" in s for s in self.raw_saes) else "sae"
 
     @property
     def where(self) -> str:
@@ -214,6 +233,17 @@ class Source:
     revision: str | None = None
     release: Release | None = field(default=None, repr=False)
     entry: SAEEntry | None = field(default=None, repr=False)
+
+    @property
+    def files(self) -> tuple[str, ...] | None:
+        """The release table's list of this SAE's files (relative to the repo root), when it gives one: then only
+        those are fetched (one layer of a CLT stored as per-layer files fetches that layer's files alone)."""
+        return self.entry.files if self.entry is not None else None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Loader options the release table gives this SAE (a caller's own options win over them)."""
+        return dict(self.entry.options) if self.entry is not None else {}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", _normal_path(self.path))
@@ -406,6 +436,7 @@ def _build(norm: Mapping[str, Any], source: str, base: Path | None) -> list[Rele
             hook=item.get("hook"), hook_out=item.get("hook_out"), links=dict(item.get("links") or {}),
             license=item.get("license"), description=item.get("description"),
             config=dict(item.get("config") or {}), raw_saes=item["saes"], index=i,
+            declared_kind=item.get("kind"),
         ))
     return out
 
@@ -512,11 +543,20 @@ def _expand_saes(rel: Release) -> dict[str, SAEEntry]:
             if sae_id in out:
                 raise RegistryError(f"release {rel.name!r}: duplicate sae id {sae_id!r}", path=rel.source,
                                     field=f"{sat}.id")
+            files = None
+            if raw.get("files") is not None:
+                files = tuple(_normal_path(str(_fill(f, env, rel, f"{sat}.files[{n}]")))
+                              for n, f in enumerate(raw["files"]))
+                bad = [f for f in files if not f or ".." in f.split("/")]
+                if bad:
+                    raise RegistryError(f"release {rel.name!r}, SAE {sae_id!r}: files must be paths inside the repo, "
+                                        f"got {short(bad[0])}", path=rel.source, field=f"{sat}.files")
+            options = {k: _fill(v, env, rel, f"{sat}.options.{k}") for k, v in (raw.get("options") or {}).items()}
             out[sae_id] = SAEEntry(
                 id=sae_id, path=str(vals.pop("path", sae_id)),
                 hook=_fill(hook, env, rel, hook_at), hook_out=_fill(hook_out, env, rel, hook_out_at),
                 config={k: _config_value(k, v, env, rel, where) for k, (v, where) in config.items()},
-                origin=sat, **vals,
+                origin=sat, files=files, options=options, **vals,
             )
     return out
 

@@ -567,6 +567,8 @@ class SAE(nn.Module):
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
+        _refuse_multilayer(src)
+        options = {**src.options, **options}
         with hub.fetch(src, offline=local_files_only, force=force_download) as got:
             cfg, state_dict, source = load_local(got.path, format=got.format, options=options, facts=src.facts,
                                                  files=got.files)
@@ -587,6 +589,8 @@ class SAE(nn.Module):
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
+        _refuse_multilayer(src)
+        options = {**src.options, **options}
         with hub.fetch(src, offline=local_files_only, config=True) as got:
             if got.config_only:
                 return load_local_config(got.path, format=got.format, options=options, facts=src.facts,
@@ -664,3 +668,21 @@ def _compute_dtype(dt: torch.dtype, source: str | os.PathLike[str] | None) -> to
 
 def _has_state(state: _InputState) -> bool:
     return state.scale is not None or state.head_shape is not None
+
+
+def _refuse_multilayer(src: Any) -> None:
+    """A release whose format holds a transcoder set or CLT is loaded by its own class, before anything is fetched.
+
+    Why a typed error rather than returning the multi-layer object here: ``SAE.from_pretrained`` is typed to return
+    an ``SAE`` (every caller, splicing and conversion included, relies on that), and each class loading its own
+    kind keeps the hub side (locate, fetch) shared and the model side separate, as ``sae_hub.hub`` intends.
+    """
+    from sae_hub.loading import get_loader
+
+    if src.format is not None and get_loader(src.format).kind == "multilayer":
+        rel = src.release.name if src.release is not None else src.repo_id
+        sid = src.entry.id if src.entry is not None else src.path
+        raise UnsupportedSAEError(
+            f"{rel!r} / {sid!r} is a multi-layer dictionary (format {src.format!r}): load it with "
+            f"sae_hub.MultiLayerDictionary.from_pretrained({rel!r}, {sid!r})", path=f"hf://{src.label}",
+            field="format")

@@ -98,11 +98,63 @@ def test_whole_table():
     names = releases.list_releases()
     assert len(names) == len(set(names)) >= 159
     total = sum(len(releases.get_release(n).saes) for n in names)
-    assert total >= 13_607
-    # families left out on purpose (not one of sae-hub's formats): see benchmarks/compare_saelens_registry.py
-    for excluded in ("gpt2-small-hook-z-kk", "mwhanna-qwen3-4b-transcoders", "mntss-gemma-2-2b-2.5m-clt-as-per-layer",
-                     "temporal-sae-gemma-2-2b", "deepseek-r1-distill-llama-8b-qresearch"):
-        assert excluded not in names
+    assert total >= 13_857
+    # the five families that once were left out (issue 15) are in, each with its own format
+    for name, fmt in (("gpt2-small-hook-z-kk", "connor-rob-hook-z"),
+                      ("mwhanna-qwen3-4b-transcoders", "circuit-tracer-transcoder"),
+                      ("mntss-gemma-2-2b-2.5m-clt-as-per-layer", "clt-source-layer"),
+                      ("temporal-sae-gemma-2-2b", "temporal-sae"),
+                      ("deepseek-r1-distill-llama-8b-qresearch", "deepseek-r1")):
+        assert releases.get_release(name).format == fmt
+
+
+SAELENS_TABLE = Path(__file__).parent / "fixtures" / "saelens_registry" / "pretrained_saes-6.54.12.yaml.gz"
+
+
+def test_every_saelens_release_resolves_identically():
+    """SAELens 6.54.12's published table (a gzipped copy of its pretrained_saes.yaml, kept as a fixture): every one
+    of its 13,857 (release, sae id) pairs locates to the same repo and path here, offline, with the same facts."""
+    import gzip
+
+    table = yaml.load(gzip.decompress(SAELENS_TABLE.read_bytes()), Loader=getattr(yaml, "CSafeLoader",
+                                                                                   yaml.SafeLoader))
+    total = same = 0
+    wrong = []
+    for name, rel in table.items():
+        for sae in rel["saes"]:
+            total += 1
+            src = releases.locate(name, sae["id"])
+            want = str(sae["path"])
+            if src.repo_id == rel["repo_id"] and src.release.saes[sae["id"]].path == want:
+                same += 1
+            else:
+                wrong.append((name, sae["id"], src.repo_id, src.path, want))
+            entry = src.entry
+            assert entry.neuronpedia == sae.get("neuronpedia"), (name, sae["id"])
+            for fact in ("l0", "variance_explained", "norm_scaling_factor"):
+                want_f = sae.get(fact)
+                assert getattr(entry, fact) == (None if want_f is None else float(want_f)), (name, sae["id"], fact)
+    assert (same, total) == (13_857, 13_857), wrong[:5]
+
+
+@pytest.mark.parametrize(("release", "kind"), [
+    ("gemma-scope-2b-pt-res-canonical", "sae"), ("gemma-scope-2b-pt-transcoders", "transcoder"),
+    ("mwhanna-qwen3-4b-transcoders", "transcoder_set"), ("mntss-gemma-2-2b-2.5m-clt-as-per-layer", "clt"),
+    ("mntss-clt-gemma-2-2b-426k", "clt"), ("temporal-sae-gemma-2-2b", "temporal"),
+])
+def test_release_kind(release: str, kind: str):
+    assert releases.get_release(release).kind == kind
+
+
+def test_clt_layer_entries_name_only_their_files():
+    """One source layer of a CLT release lists exactly its own two weight files and the config (so only those are
+    fetched), with the layer as a loader option; SAELens's path (the layer number) is kept."""
+    src = releases.locate("mntss-gemma-2-2b-2.5m-clt-as-per-layer", "layer_7")
+    assert src.path == "7"
+    assert src.files == ("W_enc_7.safetensors", "W_dec_7.safetensors", "config.yaml")
+    assert src.options == {"layer": "7"}
+    hz = releases.locate("gpt2-small-hook-z-kk", "blocks.3.hook_z")
+    assert hz.files is not None and hz.files[0] == hz.path and hz.files[1] == hz.path[:-3] + "_cfg.json"
 
 
 # (release, sae id) -> expected fields, copied from SAELens 6.54.12's pretrained_saes.yaml (hooks: its loaders).
