@@ -124,8 +124,8 @@ def _list(args: argparse.Namespace) -> int:
     width = max((len(n) for n in names), default=0)
     for name in names:
         rel = table[name]
-        print(f"{name:{width}s}  {rel.model:24s} {len(rel.raw_saes) and len(rel.saes):6d} SAEs  {rel.format:20s} "
-              f"{rel.location}")
+        print(f"{name:{width}s}  {rel.model:24s} {len(rel.raw_saes) and len(rel.saes):6d} SAEs  {rel.kind:14s} "
+              f"{rel.format:20s} {rel.location}")
     print(f"{len(names)} release(s)", file=sys.stderr)
     return 0
 
@@ -399,14 +399,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _CliLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _CliLogHandler(logging.StreamHandler):
     """Writes the ``sae_hub`` log to whatever ``sys.stderr`` is at the time (tests swap it between calls)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.setFormatter(logging.Formatter("sae-hub: %(levelname)s: %(message)s"))
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
