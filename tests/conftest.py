@@ -17,6 +17,9 @@ from hub_server import HubServer, hub_client_env
 
 # tests/compat needs SAELens 6 + TransformerLens 3 (their own environment, made by .ci/bootstrap.py test).
 collect_ignore = [] if importlib.util.find_spec("sae_lens") else ["compat"]
+# tests/compat_circuit_tracer needs circuit-tracer 0.5.0 (its own environment, .venv-ct: it pins huggingface-hub<1).
+if not importlib.util.find_spec("circuit_tracer"):
+    collect_ignore.append("compat_circuit_tracer")
 
 
 @pytest.fixture
