@@ -289,7 +289,10 @@ def _contiguous_cpu(tensors: list[torch.Tensor], big: int = 1 << 20) -> Iterator
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(lambda t=t: t.cpu().contiguous()) for t in tensors]
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.cpu().contiguous()
+
+        futures = [pool.submit(copy, t) for t in tensors]
         for fut in futures:
             yield fut.result()
 

@@ -263,7 +263,7 @@ def _entry_names(p: Path) -> set[str] | None:
 _DETECTED: dict[tuple[str, int, int, int, tuple[str, ...] | None], str] = {}
 
 
-def detect_format(path: str | Path, *, among: Iterable[str] | None = None) -> str:
+def detect_format(path: str | os.PathLike[str], *, among: Iterable[str] | None = None) -> str:
     """The name of the one loader that recognises ``path``; none or several is a :class:`FormatDetectionError`.
 
     Precedence, declared in the registry (``priority``) so that no loader has to name another: when several
@@ -286,7 +286,7 @@ def detect_format(path: str | Path, *, among: Iterable[str] | None = None) -> st
         key: tuple[str, int, int, int, tuple[str, ...] | None] | None = (
             os.fspath(p), st.st_ino, st.st_mtime_ns, len(_LOADERS), among_key)
         if key in _DETECTED:
-            return _DETECTED[key]  # type: ignore[index]
+            return _DETECTED[key]
     except OSError:
         key = None
     name = _detect_format(p, among_key)
@@ -497,7 +497,7 @@ def _with_facts(loader: Loader, options: Mapping[str, Any] | None, facts: Facts 
     return {**(facts.options(loader) if facts is not None else {}), **(options or {})}
 
 
-def load_local_config(path: str | Path, *, format: str, options: Mapping[str, Any] | None = None,
+def load_local_config(path: str | os.PathLike[str], *, format: str, options: Mapping[str, Any] | None = None,
                       facts: Facts | None = None, files: list[dict[str, str]] | None = None) -> SAEConfig:
     """Only the config, through the loader's ``load_config`` (no weights read); ``facts`` and ``files`` as for
     :func:`load_local`."""
@@ -524,7 +524,7 @@ def load_local_config(path: str | Path, *, format: str, options: Mapping[str, An
 
 
 def load_local(
-    path: str | Path, *, format: str | None = None, options: Mapping[str, Any] | None = None,
+    path: str | os.PathLike[str], *, format: str | None = None, options: Mapping[str, Any] | None = None,
     facts: Facts | None = None, files: list[dict[str, str]] | None = None, kind: str = "sae",
 ) -> tuple[SAEConfig, dict[str, torch.Tensor], str]:
     """Run a loader on local files: ``(config, canonical state_dict, source path)``.

@@ -88,7 +88,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sae_hub.errors import RegistryError, UnknownReleaseError, UnknownSAEError
 from sae_hub.release_rules import (
@@ -105,6 +105,8 @@ from sae_hub.release_rules import (
 )
 
 if TYPE_CHECKING:
+    from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
+
     from sae_hub.loading import Facts
 
 __all__ = [
@@ -701,7 +703,9 @@ def _split_hf_uri_fs(url: str) -> tuple[str, str, str | None, str]:
         raise RegistryError(f"cannot resolve hf:// URI: {type(e).__name__}: {e}", path=url) from None
     if not hasattr(resolved, "repo_id"):
         raise RegistryError("registry files are read from Hub repos, not buckets", path=url)
-    return resolved.repo_type, resolved.repo_id, resolved.revision, resolved.path_in_repo
+    # a repo path (hasattr above); a cast, not isinstance: the class has this name only in recent releases
+    repo = cast("HfFileSystemResolvedRepositoryPath", resolved)
+    return repo.repo_type, repo.repo_id, repo.revision, repo.path_in_repo
 
 
 def _fetch_hf_yaml(url: str) -> Path:

@@ -70,6 +70,15 @@ class SAE(nn.Module):
     W_enc: nn.Parameter
     W_dec: nn.Parameter
     b_dec: nn.Parameter
+    # Only some architectures own these (see config.param_shapes); declared for the type checker, which would
+    # otherwise read nn.Module.__getattr__'s ``Tensor | Module``. Annotations only: no class attribute, so
+    # ``hasattr(sae, "b_mag")`` still says whether this SAE has one.
+    b_enc: nn.Parameter
+    b_gate: nn.Parameter
+    r_mag: nn.Parameter
+    b_mag: nn.Parameter
+    threshold: nn.Parameter
+    W_skip: nn.Parameter
 
     def __init__(self, cfg: SAEConfig, *, device: str | torch.device | None = None,
                  dtype: torch.dtype | str | None = None,

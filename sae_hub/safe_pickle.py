@@ -65,7 +65,7 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, cast
 
 import torch
 
@@ -169,7 +169,8 @@ def _stub_type(qualname: str) -> type[Stub]:
         if cls is None:
             short = qualname.rsplit(".", 1)[-1]
             name = short if short.isidentifier() else "Stub"
-            cls = _StubMeta(name, (Stub,), {"_stub_qualname": qualname, "__module__": __name__})
+            # a three-argument metaclass call builds a Stub subclass; mypy types it as a bare _StubMeta
+            cls = cast("type[Stub]", _StubMeta(name, (Stub,), {"_stub_qualname": qualname, "__module__": __name__}))
             _STUB_TYPES[qualname] = cls
         return cls
 
@@ -184,7 +185,8 @@ def qualname_of(obj: Any) -> str | None:
     if isinstance(obj, Stub):
         return obj.qualname
     if isinstance(obj, type) and issubclass(obj, Stub):
-        return obj.qualname
+        # on a class, the metaclass's property answers (mypy would read Stub's instance property instead)
+        return cast(_StubMeta, obj).qualname
     return None
 
 
@@ -474,7 +476,8 @@ def _registered(entries: dict[str, Any]) -> Iterator[None]:
         yield
         return
     with _REGISTER_LOCK:
-        new = [(o, n) for o, n in items if not _REGISTERED.get(n)]
+        new: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+            (o, n) for o, n in items if not _REGISTERED.get(n)]
         if not _REGISTERED:
             _PRIOR[0] = wo._marked_safe_globals_set
         for _, n in items:
@@ -485,7 +488,7 @@ def _registered(entries: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         with _REGISTER_LOCK:
-            gone = []
+            gone: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = []
             for o, n in items:
                 _REGISTERED[n] -= 1
                 if not _REGISTERED[n]:
