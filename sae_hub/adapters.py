@@ -11,7 +11,11 @@ operations splicing, training and analysis need, so that no other code branches 
   wrong width fails before any forward pass;
 * ``to_tokens(text, prepend_bos)``, ``forward(tokens)`` (logits; a hook may end it early with
   :class:`StopForward`), ``device``;
-* ``unembed()`` (``W_U [d_model, d_vocab]``, ``b_U``) and ``final_norm(resid)`` for the logit lens.
+* ``unembed()`` (``W_U [d_model, d_vocab]``, ``b_U``), ``final_norm(resid)``, ``final_norm_info()`` (the kind of
+  the final norm and the scale it multiplies by now), ``resid_map(kind, layer)`` (``W_O`` / ``W_out`` as
+  ``[d_site, d_model]``) and ``logit_softcap`` for the logit lens;
+* ``tokenizer``, ``n_ctx``, ``model_name`` and ``default_prepend_bos`` for packing text (training, evaluation,
+  feature statistics).
 
 Kinds:
 
@@ -53,6 +57,7 @@ __all__ = [
     "StopForward",
     "TransformerLensAdapter",
     "adapt",
+    "model_tokenizer",
 ]
 
 HookFn = Callable[..., Any]
@@ -128,6 +133,25 @@ class ModelAdapter:
     def torch_module(self) -> torch.nn.Module:
         return self.model
 
+    # -- text
+    #: the Hugging Face tokenizer used for text (None: token ids only)
+    tokenizer: Any = None
+
+    @property
+    def n_ctx(self) -> int | None:
+        """The longest context the model takes (None when it does not say)."""
+        return None
+
+    @property
+    def model_name(self) -> str | None:
+        """The model's name or path, recorded in what is trained from it (None when it has none)."""
+        return None
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        """Whether text gets a BOS token first by default (TransformerLens's per-model default)."""
+        return True
+
     # -- logit lens
     def unembed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_U [d_model, d_vocab], b_U [d_vocab] or None)``."""
@@ -136,6 +160,24 @@ class ModelAdapter:
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         """The model's final normalisation applied to residual-stream vectors ``[..., d_model]``."""
         raise NotImplementedError
+
+    def final_norm_info(self) -> tuple[str | None, torch.Tensor | None, bool]:
+        """``(kind, gamma, processed)``: ``"LayerNorm"`` / ``"RMSNorm"`` / None (no final norm), the per-dimension
+        scale it multiplies by now (``1 + w`` for offset RMSNorms), and whether TransformerLens weight processing
+        already folded it into ``W_U`` (and centred ``W_U`` over ``d_model`` for a LayerNorm)."""
+        raise NotImplementedError
+
+    def resid_map(self, kind: str, layer: int) -> torch.Tensor:
+        """The weight through which a non-residual hook of block ``layer`` writes into the residual stream, as
+        ``[d_site, d_model]``: ``kind="W_O"`` for ``attn.hook_z`` (heads flattened, head-major), ``"W_out"`` for
+        ``mlp.hook_post``."""
+        raise NotImplementedError
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """The final logit soft-capping constant (Gemma 2: ``cap * tanh(logits / cap)``), None when there is
+        none. The logit lens is linear and does not apply it (it is monotone per token, so rankings hold)."""
+        return None
 
 
 # ------------------------------------------------------------------------------------------- TransformerLens
@@ -203,11 +245,65 @@ class TransformerLensAdapter(ModelAdapter):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens.to(self.device))
 
+    @property  # type: ignore[override]
+    def tokenizer(self) -> Any:
+        return getattr(self.model, "tokenizer", None)
+
+    @property
+    def n_ctx(self) -> int | None:
+        n = getattr(getattr(self.model, "cfg", None), "n_ctx", None)
+        return n if isinstance(n, int) else None
+
+    @property
+    def model_name(self) -> str | None:
+        name = getattr(getattr(self.model, "cfg", None), "model_name", None)
+        return str(name) if name is not None else None
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        return bool(getattr(getattr(self.model, "cfg", None), "default_prepend_bos", True))
+
     def unembed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.model.W_U, getattr(self.model, "b_U", None)
 
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         return self.model.ln_final(resid)
+
+    def final_norm_info(self) -> tuple[str | None, torch.Tensor | None, bool]:
+        """``processed`` is True when TransformerLens weight processing ran (``_weights_processed`` on the
+        bridge, or a ``*Pre`` normalisation type on ``HookedTransformer``)."""
+        model = self.model
+        cfg = getattr(model, "cfg", None)
+        norm_type = str(getattr(cfg, "normalization_type", None) or "")
+        processed = bool(getattr(model, "_weights_processed", False)) or norm_type.endswith("Pre")
+        ln = getattr(model, "ln_final", None)
+        if ln is None:
+            return None, None, processed
+        rms = getattr(ln, "uses_rms_norm", None)
+        if rms is None:
+            rms = norm_type.startswith("RMS")
+        kind = "RMSNorm" if rms else ("LayerNorm" if norm_type.startswith("LN") or hasattr(ln, "weight")
+                                      or hasattr(ln, "w") else None)
+        if hasattr(ln, "uses_weight_offset"):  # TransformerBridge NormalizationBridge
+            w = getattr(ln, "weight", None)
+            if isinstance(w, torch.Tensor) and ln.uses_weight_offset:
+                w = 1.0 + w
+        else:  # HookedTransformer LayerNorm / RMSNorm (w already includes any offset); *Pre has none
+            w = getattr(ln, "w", None)
+        gamma = w.detach() if isinstance(w, torch.Tensor) else None
+        return kind, gamma, processed
+
+    def resid_map(self, kind: str, layer: int) -> torch.Tensor:
+        block = self.model.blocks[layer]
+        if kind == "W_O":
+            W_O = block.attn.W_O.detach()  # [n_heads, d_head, d_model]
+            return W_O.reshape(-1, W_O.shape[-1])
+        return block.mlp.W_out.detach()  # [d_mlp, d_model]
+
+    @property
+    def logit_softcap(self) -> float | None:
+        cap = getattr(getattr(self.model, "cfg", None), "output_logits_soft_cap", None)
+        return float(cap) if isinstance(cap, (int, float)) and cap > 0 else None
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face
@@ -392,12 +488,67 @@ class HuggingFaceAdapter(ModelAdapter):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf_model(input_ids=tokens.to(self.device), use_cache=False).logits
 
+    @property
+    def _config(self) -> Any:
+        return getattr(self.hf_model, "config", None)
+
+    def _text_config(self) -> Any:
+        cfg = self._config
+        get = getattr(cfg, "get_text_config", None)
+        return get() if callable(get) else cfg
+
+    @property
+    def n_ctx(self) -> int | None:
+        cfg = self._text_config()
+        for name in ("n_positions", "max_position_embeddings"):
+            n = getattr(cfg, name, None)
+            if isinstance(n, int) and n > 0:
+                return n
+        return None
+
+    @property
+    def model_name(self) -> str | None:
+        name = getattr(self._config, "_name_or_path", None) or getattr(self._config, "name_or_path", None)
+        return str(name) if name else None
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        try:
+            return family_of_model(self.hf_model).default_prepend_bos
+        except HookSiteError:
+            return True
+
     def unembed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         head = self.hf_model.get_output_embeddings()
         return head.weight.T, getattr(head, "bias", None)
 
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         return self.hf_model.get_submodule(family_of_model(self.hf_model).final_norm)(resid)
+
+    def final_norm_info(self) -> tuple[str | None, torch.Tensor | None, bool]:
+        """From the family's final norm module: raw Hugging Face weights are never processed."""
+        family = family_of_model(self.hf_model)
+        ln = self.hf_model.get_submodule(family.final_norm)
+        w = getattr(ln, "weight", None)
+        gamma = w.detach() if isinstance(w, torch.Tensor) else None
+        if gamma is not None and family.norm == "rms_offset":
+            gamma = 1.0 + gamma.float()  # Gemma's RMSNorm multiplies by (1 + weight)
+        return ("LayerNorm" if family.norm == "ln" else "RMSNorm"), gamma, False
+
+    def resid_map(self, kind: str, layer: int) -> torch.Tensor:
+        hook = f"blocks.{layer}.attn.hook_z" if kind == "W_O" else f"blocks.{layer}.mlp.hook_post"
+        site = self.site(hook)
+        w = getattr(site.module, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            raise HookSiteError(f"{site.module_path} of {type(self.hf_model).__name__} has no 2-D weight to map "
+                                f"{hook!r} into the residual stream", field="hook_name")
+        # torch Linear stores [out, in]; GPT-2's Conv1D stores [in, out]
+        return (w if type(site.module).__name__ == "Conv1D" else w.T).detach()
+
+    @property
+    def logit_softcap(self) -> float | None:
+        cap = getattr(self._text_config(), "final_logit_softcapping", None)
+        return float(cap) if isinstance(cap, (int, float)) and cap > 0 else None
 
 
 class NNsightAdapter(HuggingFaceAdapter):
@@ -459,3 +610,12 @@ def adapt(model: Any, tokenizer: Any = None) -> ModelAdapter:
         "TransformerBridge, a transformers PreTrainedModel or an nnsight LanguageModel",
         field="model",
     )
+
+
+def model_tokenizer(model: Any) -> Any:
+    """The tokenizer of a model of any kind (None if it has none); for an object that is no model,
+    its ``tokenizer`` attribute (a stand-in that only carries a tokenizer)."""
+    try:
+        return adapt(model).tokenizer
+    except ConfigError:
+        return getattr(model, "tokenizer", None)

@@ -278,13 +278,6 @@ class _RowStream:
             self.buffer = []
 
 
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        return torch.device(getattr(getattr(model, "cfg", None), "device", None) or "cpu")
-
-
 class _Accumulator:
     """Running per-feature sums and the top-n heap, on the SAE's device."""
 
@@ -357,6 +350,7 @@ def feature_stats(
     prepend_bos: bool | None = None,
     ignore_special_tokens: bool = True,
     progress: bool = True,
+    tokenizer: Any = None,
 ) -> FeatureStats:
     """Stream ``n_tokens`` token positions of ``dataset`` through ``model`` and gather per-feature statistics.
 
@@ -368,6 +362,9 @@ def feature_stats(
     the SAE's hook); the last row is cut so exactly ``n_tokens`` positions are fed (fewer if the dataset
     ends first). ``window`` is ``(before, after)`` or one int for both. ``progress`` shows a tqdm bar of the
     positions fed (on stderr; streaming millions of tokens takes minutes).
+
+    ``model`` is any kind :func:`sae_hub.adapters.adapt` accepts (TransformerLens, a ``transformers`` model with
+    ``tokenizer=`` for text, an nnsight ``LanguageModel``); it is adapted once here and only the adapter is used.
     """
     from tqdm.auto import tqdm
 
@@ -378,17 +375,20 @@ def feature_stats(
     before, after = (window, window) if isinstance(window, int) else (int(window[0]), int(window[1]))
     if before < 0 or after < 0:
         raise ConfigError("window sizes must be >= 0", field="window")
-    tokenizer = getattr(model, "tokenizer", None)
+    from sae_hub.adapters import adapt
+
+    adapter = adapt(model, tokenizer)
+    tokenizer = adapter.tokenizer
     if prepend_bos is None:
         prepend_bos = sae.cfg.prepend_bos
     if prepend_bos is None:
-        prepend_bos = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    if isinstance(n_ctx, int) and context_size > n_ctx:
+        prepend_bos = adapter.default_prepend_bos
+    n_ctx = adapter.n_ctx
+    if n_ctx is not None and context_size > n_ctx:
         raise ConfigError(f"context_size={context_size} exceeds the model's n_ctx={n_ctx}", field="context_size")
 
     device = sae.device
-    model_device = _model_device(model)
+    model_device = adapter.device
     special = torch.tensor(_special_ids(tokenizer) if ignore_special_tokens else [], dtype=torch.long)
     acc = _Accumulator(sae.cfg.d_sae, top_n, (before, after), device, n_tokens)
     stream = _RowStream(tokenizer, context_size, prepend_bos)
@@ -401,7 +401,7 @@ def feature_stats(
         nonlocal n_seq
         tokens = torch.stack(batch)
         batch.clear()
-        _, feats = run_with_saes(model, tokens.to(model_device), {"sae": sae}, stop_early=True)
+        _, feats = run_with_saes(adapter, tokens.to(model_device), {"sae": sae}, stop_early=True)
         f = feats["sae"].float()
         tok = tokens.to(device)
         valid = ~torch.isin(tok, special.to(device)) if special.numel() else torch.ones_like(tok, dtype=torch.bool)

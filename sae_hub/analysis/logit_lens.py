@@ -20,7 +20,14 @@ norm's weight folded in. Conventions (stated because peers differ, see ``docs/tr
   defaults, or ``TransformerBridge.enable_compatibility_mode()``) has ``γ = 1`` and a centred ``W_U``: then
   nothing is changed and :class:`UnembedInfo` says the model did it. Folding cannot be undone, so
   ``fold_ln=False`` on such a model still sees a folded ``W_U`` (recorded). The per-token ``1/σ`` of the
-  norm is not folded anywhere: it is a positive per-token scalar and does not change rankings.
+  norm is not folded anywhere: it is a positive per-token scalar and does not change rankings. A plain
+  ``transformers`` model (or nnsight's) is unprocessed: its output embedding (``lm_head.weight.T``) gets the
+  final norm's weight folded in here exactly as above, so it gives TransformerLens's numbers (with
+  ``center=True`` when comparing against a model TransformerLens loaded with ``center_unembed``).
+* **Logit soft-capping** (Gemma 2's ``final_logit_softcapping``, TransformerLens's ``output_logits_soft_cap``):
+  left out. The lens is linear in the decoder direction and the cap ``c * tanh(x / c)`` is not; it is monotone,
+  so top/bottom tokens and enrichment are what the capped logits would give, while values and moments are
+  pre-cap. :class:`UnembedInfo` notes it.
 * **Centring** (``center=True``): ``W_U'`` minus its mean over the vocabulary, as TransformerLens's
   ``center_unembed``. It shifts each feature's row by a constant: rankings, std, skewness, kurtosis and
   enrichment are unchanged, only the mean moves (to 0).
@@ -329,33 +336,6 @@ def _centering(W: torch.Tensor, block: int = 4096) -> tuple[bool, bool]:
     return centred(col, d_model), centred(row, V)
 
 
-def _final_norm(model: Any) -> tuple[str | None, torch.Tensor | None, bool]:
-    """``(kind, γ, processed)`` of the model's final norm: the scale it multiplies by now, if any.
-
-    ``processed`` is True when TransformerLens weight processing ran (``_weights_processed`` on the bridge,
-    or a ``*Pre`` normalisation type on ``HookedTransformer``).
-    """
-    cfg = getattr(model, "cfg", None)
-    norm_type = str(getattr(cfg, "normalization_type", None) or "")
-    processed = bool(getattr(model, "_weights_processed", False)) or norm_type.endswith("Pre")
-    ln = getattr(model, "ln_final", None)
-    if ln is None:
-        return None, None, processed
-    rms = getattr(ln, "uses_rms_norm", None)
-    if rms is None:
-        rms = norm_type.startswith("RMS")
-    kind = "RMSNorm" if rms else ("LayerNorm" if norm_type.startswith("LN") or hasattr(ln, "weight")
-                                  or hasattr(ln, "w") else None)
-    if hasattr(ln, "uses_weight_offset"):  # TransformerBridge NormalizationBridge
-        w = getattr(ln, "weight", None)
-        if isinstance(w, torch.Tensor) and ln.uses_weight_offset:
-            w = 1.0 + w
-    else:  # HookedTransformer LayerNorm / RMSNorm (w already includes any offset); *Pre has none
-        w = getattr(ln, "w", None)
-    gamma = w.detach() if isinstance(w, torch.Tensor) else None
-    return kind, gamma, processed
-
-
 def _prepare_unembed(model_or_W_U: Any, *, fold_ln: bool, center: bool, d_in: int | None = None
                      ) -> tuple[torch.Tensor, UnembedInfo, Any]:
     """The float32 ``W_U' [d_model, d_vocab]`` used for the lens, its description, and the model (or None)."""
@@ -376,13 +356,16 @@ def _prepare_unembed(model_or_W_U: Any, *, fold_ln: bool, center: bool, d_in: in
             notes.append("raw W_U given: no final-norm weight folded (nothing is assumed about it)")
         model = None
     else:
-        model = model_or_W_U
-        if not hasattr(model, "W_U"):
-            raise ConfigError(f"expected a TransformerLens model (with W_U) or a W_U tensor, got "
-                              f"{type(model).__name__}", field="model")
-        W = model.W_U.detach()
-        kind, gamma, processed = _final_norm(model)
+        from sae_hub.adapters import adapt
+
+        model = adapt(model_or_W_U)  # ConfigError naming the class for anything that is no model
+        W = model.unembed()[0].detach()
+        kind, gamma, processed = model.final_norm_info()
         info = {"source": "model", "final_norm": kind}
+        cap = model.logit_softcap
+        if cap is not None:
+            notes.append(f"the model soft-caps its logits ({cap:g} * tanh(logits / {cap:g})); the lens is linear "
+                         "and leaves the cap out (monotone per token: rankings are unchanged, values are pre-cap)")
         if W.dtype != torch.float32:
             W = W.float()
         if kind is None:
@@ -471,15 +454,19 @@ class _Directions:
                 field="hook_name",
             )
         elif kind == "W_O":
-            W_O = model.blocks[layer].attn.W_O.detach()  # [n_heads, d_head, d_model]
+            W_O = model.resid_map("W_O", layer)  # [n_heads * d_head, d_model], head-major
             head = cfg.hook_head_index
             if head is not None:
-                self.map = W_O[head]
+                n_heads = W_O.shape[0] // d_out if d_out and W_O.shape[0] % d_out == 0 else 0
+                if not 0 <= head < n_heads:
+                    raise ConfigError(f"hook_head_index={head} with d_out={d_out} does not pick a head of W_O "
+                                      f"{list(W_O.shape)}", field="hook_head_index")
+                self.map = W_O[head * d_out:(head + 1) * d_out]
                 self.label = f"W_O[head {head}]"
             else:
-                self.map = W_O.reshape(-1, W_O.shape[-1])
+                self.map = W_O
         elif kind == "W_out":
-            self.map = model.blocks[layer].mlp.W_out.detach()  # [d_mlp, d_model]
+            self.map = model.resid_map("W_out", layer)  # [d_mlp, d_model]
         if self.map is not None:
             self.map = self.map.to(device, torch.float32)
             if self.map.shape[0] != d_out:
@@ -789,9 +776,11 @@ def logit_lens(
     """Per feature: the top-k / bottom-k tokens of ``W_dec @ W_U'``, the moments of the row, and
     token-set enrichment scores (conventions in the module docstring).
 
-    ``model_or_W_U`` is a TransformerLens model (``HookedTransformer`` or a ``TransformerBridge``): ``W_U``,
-    the final norm and the tokenizer come from it, and non-residual hooks are mapped through ``W_O`` /
-    ``W_out``. Or a raw ``W_U [d_model, d_vocab]`` tensor (with ``tokenizer`` for strings and string-based
+    ``model_or_W_U`` is a model of any kind :func:`sae_hub.adapters.adapt` accepts (TransformerLens
+    ``HookedTransformer`` / ``TransformerBridge``, a ``transformers`` ``*ForCausalLM`` whose output embedding is
+    ``W_U``, an nnsight ``LanguageModel``): ``W_U``, the final norm and the tokenizer come from it, and
+    non-residual hooks are mapped through ``W_O`` / ``W_out`` (the output projection / MLP down projection of a
+    Hugging Face model). Or a raw ``W_U [d_model, d_vocab]`` tensor (with ``tokenizer`` for strings and string-based
     token sets): used as given, nothing folded, decoder directions taken as they are.
 
     ``token_sets`` maps names to specs (regex, predicate, token strings, token ids or a bool mask; see
@@ -809,7 +798,7 @@ def logit_lens(
     d_model, V = W.shape
     device = W.device
     if tokenizer is None and model is not None:
-        tokenizer = getattr(model, "tokenizer", None)
+        tokenizer = model.tokenizer
     strings = vocab_strings(tokenizer, V) if tokenizer is not None else None
     specs: dict[str, TokenSetSpec] = {}
     if builtin_sets and strings is not None:

@@ -45,6 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from sae_hub.adapters import adapt, model_tokenizer
 from sae_hub.errors import ConfigError, CorruptFileError, IntegrityError, MissingFileError
 from sae_hub.files import (
     dtype_from_str,
@@ -56,7 +57,7 @@ from sae_hub.files import (
     write_json_atomic,
     write_safetensors_atomic,
 )
-from sae_hub.splicing import model_device, run_to_hooks
+from sae_hub.splicing import run_to_hooks
 
 __all__ = [
     "ActivationCache",
@@ -266,13 +267,12 @@ def _check_stream_args(batch_size: int, rank: int, world_size: int, start: int) 
 
 
 def _model_name(model: Any) -> str | None:
-    name = getattr(getattr(model, "cfg", None), "model_name", None)
-    return str(name) if name is not None else None
+    return adapt(model).model_name
 
 
 def _special_ids(model: Any) -> tuple[int | None, int | None]:
-    """(bos, separator) token ids from ``model.tokenizer``: separator = EOS, else BOS."""
-    tok = getattr(model, "tokenizer", None)
+    """(bos, separator) token ids from the model's tokenizer: separator = EOS, else BOS."""
+    tok = model_tokenizer(model)
     bos = getattr(tok, "bos_token_id", None)
     eos = getattr(tok, "eos_token_id", None)
     return bos, eos if eos is not None else bos
@@ -382,7 +382,7 @@ def pack_tokens(model: Any, dataset: Any, context_size: int, *, prepend_bos: boo
     if body <= 0:
         raise ConfigError(f"context_size={context_size} leaves no room for tokens", field="context_size")
     buf: list[int] = []
-    for ids in _token_documents(getattr(model, "tokenizer", None), _documents(dataset, column)):
+    for ids in _token_documents(model_tokenizer(model), _documents(dataset, column)):
         buf.extend(ids)
         if sep is not None:
             buf.append(sep)
@@ -405,8 +405,8 @@ def _check_reiterable(dataset: Any) -> None:
 def _default_context_size(model: Any, dataset: Any, context_size: int | None) -> int:
     if context_size is None:
         context_size = dataset.shape[1] if isinstance(dataset, torch.Tensor) else 128
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    if isinstance(n_ctx, int) and context_size > n_ctx:
+    n_ctx = adapt(model).n_ctx
+    if n_ctx is not None and context_size > n_ctx:
         raise ConfigError(f"context_size={context_size} exceeds the model's n_ctx={n_ctx}", field="context_size")
     if context_size < 2:
         raise ConfigError(f"context_size must be at least 2, got {context_size}", field="context_size")
@@ -417,11 +417,13 @@ def _default_context_size(model: Any, dataset: Any, context_size: int | None) ->
 
 
 class ModelActivationSource:
-    """Activations at ``hook_name`` of a TransformerLens model over a text (or token) dataset, on the fly.
+    """Activations at ``hook_name`` of a model over a text (or token) dataset, on the fly.
 
-    Works with TransformerLens 4's ``TransformerBridge`` in compatibility mode and with 3's
-    ``HookedTransformer`` (only ``hook_dict`` / ``HookPoint.add_hook`` and ``model(tokens)`` are used). The model
-    runs under ``torch.inference_mode`` and only up to the hook (the pass is cut by raising from the hook).
+    Works with every model kind :func:`sae_hub.adapters.adapt` accepts: TransformerLens 4's ``TransformerBridge``
+    in compatibility mode, 3's ``HookedTransformer``, a ``transformers`` ``*ForCausalLM`` (``tokenizer=`` for
+    text; the hook is placed by :mod:`sae_hub.sites`, so a TransformerLens hook name reads TransformerLens's
+    tensor) and an nnsight ``LanguageModel``. The model is adapted once, here. It runs under
+    ``torch.inference_mode`` and only up to the hook (the pass is cut by raising from the hook).
 
     Shuffling: a buffer of ``buffer_tokens`` activations is filled, shuffled, and all but half of it emitted;
     then refilled (SAELens's mixing buffer). Tokens of one context thus spread over many batches.
@@ -433,7 +435,8 @@ class ModelActivationSource:
     (plus re-tokenising), not the whole consumed stream.
 
     Args:
-        model: the TransformerLens model (needs ``model.tokenizer`` for text).
+        model: the model, of any kind (text needs its tokenizer: TransformerLens's and nnsight's own, or
+            ``tokenizer=`` for a ``transformers`` model).
         dataset: re-iterable strings, token-id sequences, dict rows, a ``datasets`` dataset (``column``, else
             ``"text"``/``"input_ids"``/``"tokens"``), or a 2-D integer tensor of packed contexts.
         hook_name: the hook point to read, e.g. ``"blocks.6.hook_resid_post"``; ``attn.hook_z`` rows are the
@@ -447,13 +450,14 @@ class ModelActivationSource:
         device: where the buffer lives and batches are yielded (default: the model's device).
         dataset_path: where the dataset comes from (a Hub dataset id, as SAELens's ``dataset_path``), recorded in
             the trained SAE's config; not read from ``dataset``, which rarely knows its own id.
+        tokenizer: the tokenizer of a ``transformers`` model (others bring their own).
     """
 
     def __init__(self, model: Any, dataset: Any, hook_name: str, *, context_size: int | None = None,
                  prepend_bos: bool = True, skip_bos: bool = True, column: str | None = None,
                  buffer_tokens: int = 1 << 16, model_batch_size: int = 32,
                  dtype: torch.dtype | str | None = torch.float32, device: str | torch.device | None = None,
-                 dataset_path: str | None = None) -> None:
+                 dataset_path: str | None = None, tokenizer: Any = None) -> None:
         _check_reiterable(dataset)
         if buffer_tokens < 2:
             raise ConfigError(f"buffer_tokens must be at least 2, got {buffer_tokens}", field="buffer_tokens")
@@ -461,10 +465,11 @@ class ModelActivationSource:
             raise ConfigError(f"model_batch_size must be positive, got {model_batch_size}",
                               field="model_batch_size")
         self.model = model
+        self.adapter = adapter = adapt(model, tokenizer)
         self.dataset = dataset
         self.hook_name: str | None = hook_name
-        self.model_name: str | None = _model_name(model)
-        self.context_size = _default_context_size(model, dataset, context_size)
+        self.model_name: str | None = adapter.model_name
+        self.context_size = _default_context_size(adapter, dataset, context_size)
         self.prepend_bos = bool(prepend_bos)
         self.skip_bos = bool(skip_bos and prepend_bos)
         self.column = column
@@ -472,13 +477,13 @@ class ModelActivationSource:
         self.buffer_tokens = int(buffer_tokens)
         self.model_batch_size = int(model_batch_size)
         self.dtype = dtype_from_str(dtype) if dtype is not None else None
-        self.device = torch.device(device) if device is not None else model_device(model)
+        self.device = torch.device(device) if device is not None else adapter.device
         self.tokens_per_context = self.context_size - (1 if self.skip_bos else 0)
         # Probe one token: validates the hook name now (not mid-training) and learns d_in and the hook's shape.
-        bos, sep = _special_ids(model)
+        bos, sep = _special_ids(adapter)
         probe = torch.tensor([[bos if bos is not None else (sep or 0)]], dtype=torch.long)
         with torch.inference_mode():
-            act = run_to_hooks(model, probe, [hook_name])[hook_name]
+            act = run_to_hooks(adapter, probe, [hook_name])[hook_name]
         self.activation_shape: tuple[int, ...] = tuple(act.shape[2:])  # per token, before flattening
         self._act_dtype = act.dtype  # the buffer keeps what the model gives; batches are cast to ``dtype``
         self.d_in: int = math.prod(self.activation_shape)
@@ -489,7 +494,7 @@ class ModelActivationSource:
 
     def contexts(self, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
         """This rank's packed token windows ``[context_size]``, in order (what the model is run on)."""
-        stream = pack_tokens(self.model, self.dataset, self.context_size, prepend_bos=self.prepend_bos,
+        stream = pack_tokens(self.adapter, self.dataset, self.context_size, prepend_bos=self.prepend_bos,
                              column=self.column)
         for c, ctx in enumerate(stream):
             if c % world_size == rank:
@@ -512,7 +517,7 @@ class ModelActivationSource:
         Copied out of inference mode so the trainer can use them in autograd (as inputs).
         """
         with torch.inference_mode():
-            act = run_to_hooks(self.model, chunk, [str(self.hook_name)])[str(self.hook_name)]
+            act = run_to_hooks(self.adapter, chunk, [str(self.hook_name)])[str(self.hook_name)]
         return _flat_positions(act, self.skip_bos).to(self.device, copy=True)
 
     def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
@@ -673,7 +678,7 @@ def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str],
                       *, n_tokens: int, context_size: int | None = None, prepend_bos: bool = True,
                       skip_bos: bool = True, column: str | None = None, dtype: str | torch.dtype = "bfloat16",
                       shard_tokens: int = 1 << 18, model_batch_size: int = 32, dataset_path: str | None = None,
-                      overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                      overwrite: bool = False, progress: bool = True, tokenizer: Any = None) -> dict[str, Any]:
     """Run the model once over ``dataset`` and store the activations of every hook in ``hook_names``.
 
     So several SAEs (layers, sites, widths, seeds) train from a single model pass. Layout::
@@ -699,6 +704,7 @@ def cache_activations(model: Any, dataset: Any, hook_names: str | Sequence[str],
         raise ConfigError("n_tokens, shard_tokens and model_batch_size must be positive")
     store_dtype = dtype_from_str(dtype)
     dataset_path = _dataset_path(dataset_path)
+    model = adapt(model, tokenizer)  # adapted once; everything below goes through the adapter
     ctx_size = _default_context_size(model, dataset, context_size)
     skip = skip_bos and prepend_bos
     out = Path(out_dir)

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from sae_hub.adapters import ModelAdapter, adapt
 from sae_hub.errors import ConfigError
 from sae_hub.metrics import FiringTracker, FVUAccumulator
-from sae_hub.splicing import Site, hooks_attached, model_device, reconstruct, run_to_hooks, splice
+from sae_hub.splicing import Site, hooks_attached, reconstruct, run_to_hooks, splice
 from sae_hub.training.activations import ActivationSource, pack_tokens
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def _replace_hook(site: Site, width: int, value: Callable[[torch.Tensor], torch.
 
 
 @contextlib.contextmanager
-def _spliced(model: Any, sae: SAE, keep_first: bool) -> Iterator[None]:
+def _spliced(model: ModelAdapter, sae: SAE, keep_first: bool) -> Iterator[None]:
     """The SAE spliced in (no error term); with ``keep_first`` position 0 keeps its clean activation.
 
     The clean value is saved by a hook attached before the splice's and put back by one attached after it
@@ -203,7 +204,7 @@ def _spliced(model: Any, sae: SAE, keep_first: bool) -> Iterator[None]:
         with splice(model, sae):
             yield
         return
-    hook_name = str(sae.cfg.output_hook_name)
+    out_site = Site.of(sae, output=True)
     saved: dict[str, torch.Tensor] = {}
 
     def save(act: torch.Tensor, hook: Any) -> None:
@@ -214,12 +215,12 @@ def _spliced(model: Any, sae: SAE, keep_first: bool) -> Iterator[None]:
         out[:, :1] = saved["first"].to(out.dtype)
         return out
 
-    with hooks_attached(model, [(hook_name, save)]), splice(model, sae), \
-            hooks_attached(model, [(hook_name, restore)]):
+    with hooks_attached(model, [(out_site, save)]), splice(model, sae), \
+            hooks_attached(model, [(out_site, restore)]):
         yield
 
 
-def _evaluate_on_model(sae: SAE, model: Any, dataset: Any, *, n_tokens: int, context_size: int,
+def _evaluate_on_model(sae: SAE, model: ModelAdapter, dataset: Any, *, n_tokens: int, context_size: int,
                        model_batch_size: int, prepend_bos: bool, exclude_bos: bool, ce: bool, column: str | None,
                        dense_threshold: float, progress: bool) -> dict[str, Any]:
     in_hook, out_hook = str(sae.cfg.hook_name), str(sae.cfg.output_hook_name)
@@ -232,7 +233,7 @@ def _evaluate_on_model(sae: SAE, model: Any, dataset: Any, *, n_tokens: int, con
     if not contexts:
         raise ConfigError(f"the dataset gave no complete context of {context_size} tokens")
     chunks = torch.stack(contexts).split(model_batch_size)
-    site = Site.of(sae)
+    site, out_site = Site.of(sae), Site.of(sae, output=True)
     stats = _ReconstructionStats(sae, dense_threshold)
     target_sum = torch.zeros(d_out, dtype=torch.float64, device=sae.device)
     bar = None
@@ -244,7 +245,7 @@ def _evaluate_on_model(sae: SAE, model: Any, dataset: Any, *, n_tokens: int, con
     # Pass 1, cut after the hooks: reconstruction metrics, and the mean activation for mean-ablation.
     for tokens in chunks:
         with torch.inference_mode():
-            acts = run_to_hooks(model, tokens, [in_hook, out_hook])
+            acts = run_to_hooks(model, tokens, [site, out_site])
             x = site.read(acts[in_hook], d_in, sae.device)
             y = site.read(acts[out_hook], d_out, sae.device) if out_hook != in_hook else x
             if skip:
@@ -268,22 +269,22 @@ def _evaluate_on_model(sae: SAE, model: Any, dataset: Any, *, n_tokens: int, con
     mean_hook = _replace_hook(site, d_out, lambda cur: mean_act.to(cur.device), skip, sae.device)
     runs: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
         "sae": lambda: _spliced(model, sae, skip),
-        "zero_ablation": lambda: hooks_attached(model, [(out_hook, zero_hook)]),
-        "mean_ablation": lambda: hooks_attached(model, [(out_hook, mean_hook)]),
+        "zero_ablation": lambda: hooks_attached(model, [(out_site, zero_hook)]),
+        "mean_ablation": lambda: hooks_attached(model, [(out_site, mean_hook)]),
     }
     ce_sum = dict.fromkeys(["clean", *runs], 0.0)
     kl_sum = dict.fromkeys(runs, 0.0)
     n_pred = n_pos = 0
     for tokens in chunks:
         with torch.inference_mode():
-            device_tokens = tokens.to(model_device(model))
-            logits = model(device_tokens)
+            device_tokens = tokens.to(model.device)
+            logits = model.forward(device_tokens)
             ce_sum["clean"] += float(_ce_per_token(logits, tokens).double().sum())
             clean_logp = logits.float().log_softmax(-1)
             del logits
             for name, ctx in runs.items():
                 with ctx():
-                    logits = model(device_tokens)
+                    logits = model.forward(device_tokens)
                 ce_sum[name] += float(_ce_per_token(logits, tokens).double().sum())
                 kl_sum[name] += float(_kl(clean_logp, logits).double().sum())
                 del logits
@@ -328,7 +329,7 @@ def evaluate(sae: SAE, activations: Any = None, *, model: Any = None, dataset: A
              n_tokens: int | None = None, batch_size: int = 4096, context_size: int | None = None,
              model_batch_size: int = 8, prepend_bos: bool | None = None, exclude_bos: bool = True,
              ce: bool = True, column: str | None = None, dense_threshold: float = 0.1, seed: int = 0,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, tokenizer: Any = None) -> dict[str, Any]:
     """Quality metrics of ``sae`` on ``activations``, or on ``model`` run over ``dataset`` at ``sae.cfg.hook_name``.
 
     ``activations``: a tensor ``[N, d_in]`` (or ``[..., d_in]``, or hook_z ``[..., n_heads, d_head]``), an
@@ -356,6 +357,11 @@ def evaluate(sae: SAE, activations: Any = None, *, model: Any = None, dataset: A
     ``delta_lm_loss`` = CE_sae − CE_clean, ``kl_sae`` / ``kl_zero_ablation`` / ``kl_mean_ablation`` = mean per
     token of KL(clean ‖ intervened), ``kl_score_zero`` / ``kl_score_mean`` = (KL_abl − KL_sae) / KL_abl. For a
     transcoder the target and the intervention are at ``hook_name_out``.
+
+    ``model`` is any kind :func:`sae_hub.adapters.adapt` accepts (TransformerLens 3/4, a ``transformers``
+    ``*ForCausalLM`` with ``tokenizer=`` for text, an nnsight ``LanguageModel``). The CE and KL numbers do not
+    depend on the kind: a TransformerLens model with centred unembedding has logits shifted by a constant per
+    position, which log-softmax removes.
     """
     if batch_size <= 0 or model_batch_size <= 0:
         raise ConfigError("batch_size and model_batch_size must be positive")
@@ -375,13 +381,14 @@ def evaluate(sae: SAE, activations: Any = None, *, model: Any = None, dataset: A
         raise ConfigError("the SAE has no hook_name, so there is no place in the model to read it from",
                           field="hook_name")
     ctx = context_size or sae.cfg.context_size or 128
-    n_ctx_model = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    if context_size is None and isinstance(n_ctx_model, int):
+    adapter = adapt(model, tokenizer)  # the model kind is recognised once, here
+    n_ctx_model = adapter.n_ctx
+    if context_size is None and n_ctx_model is not None:
         ctx = min(ctx, n_ctx_model)  # an explicit context_size that is too long is refused by pack_tokens' caller
     pb = prepend_bos if prepend_bos is not None else (sae.cfg.prepend_bos if sae.cfg.prepend_bos is not None
                                                        else True)
     return _evaluate_on_model(
-        sae, model, dataset, n_tokens=n_tokens or _DEFAULT_STREAM_TOKENS, context_size=int(ctx),
+        sae, adapter, dataset, n_tokens=n_tokens or _DEFAULT_STREAM_TOKENS, context_size=int(ctx),
         model_batch_size=model_batch_size, prepend_bos=pb, exclude_bos=exclude_bos, ce=ce, column=column,
         dense_threshold=dense_threshold, progress=progress,
     )
