@@ -38,7 +38,7 @@ but reports ``z``. JumpReLU becomes ``threshold = theta / n_j`` exactly; TopK ge
 Refused with :class:`UnsupportedSAEError` (the message says why): ``batchtopk`` unless an opt-in is given
 (``batchtopk="topk"`` or ``batchtopk="jumprelu"`` with ``threshold=`` / ``calibration_activations=``),
 ``batch-wise`` normalisation, ``token-wise`` transcoders, GLU encoders, and the non-SAE dictionaries
-(crosscoder, clt, lorsa, molt).
+(crosscoder, clt, lorsa, molt; era-C CLTs and crosscoders load whole through ``loaders/lm_saes_multilayer.py``).
 
 ``batchtopk="jumprelu"`` with ``calibration_activations``: one global threshold ``t`` on the gate score
 ``relu(z) * n_j`` (``relu(z)`` without ``sparsity_include_decoder_norm``), midway between the ``k*N``-th and
@@ -94,9 +94,10 @@ NORM_PREFIX = "dataset_average_activation_norm."
 
 _NON_SAE_REASONS = {
     "crosscoder": "a crosscoder encodes the sum over all its hook points (W_E [n_heads, d_model, d_sae]); a "
-                  "per-hook SAE cut from it would not reproduce its features",
-    "clt": "a cross-layer transcoder decodes every feature into all later layers (W_D.{i} [i+1, d_sae, d_model]); "
-           "a per-layer transcoder export that drops the cross-layer terms may come later",
+                  "per-hook SAE cut from it would not reproduce its features. Era-C crosscoder files load whole "
+                  "with sae_hub.CrossCoder.load_from_disk (format lm-saes-crosscoder)",
+    "clt": "a cross-layer transcoder decodes every feature into all later layers (W_D.{i} [i+1, d_sae, d_model]). "
+           "Era-C CLT files load whole with sae_hub.MultiLayerDictionary.load_from_disk (format lm-saes-clt)",
     "lorsa": "Lorsa is low-rank sparse attention (W_Q, W_K, W_V, W_O heads), not a sparse autoencoder",
     "molt": "MOLT is a mixture of linear transforms (U_matrices, V_matrices), not a sparse autoencoder",
 }

@@ -74,7 +74,8 @@ class Loader:
     config_files: tuple[str, ...] = ()
     load_config: ConfigFn | None = None
     priority: int = 0
-    kind: str = "sae"  # what load returns: "sae" (SAEConfig) or "multilayer" (sae_hub.multilayer.MultiLayerConfig)
+    # what load returns: "sae" (SAEConfig), "multilayer" (MultiLayerConfig) or "crosscoder" (CrossCoderConfig)
+    kind: str = "sae"
 
     @functools.cached_property
     def _heads(self) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -152,8 +153,9 @@ def register_loader(
         raise LoaderRegistrationError(f"loader {name!r}: declare the files it reads")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise LoaderRegistrationError(f"loader {name!r}: priority must be an int, got {priority!r}")
-    if kind not in ("sae", "multilayer"):
-        raise LoaderRegistrationError(f"loader {name!r}: kind must be 'sae' or 'multilayer', got {kind!r}")
+    if kind not in ("sae", "multilayer", "crosscoder"):
+        raise LoaderRegistrationError(f"loader {name!r}: kind must be 'sae', 'multilayer' or 'crosscoder', got "
+                                      f"{kind!r}")
 
     def decorator(fn: LoadFn) -> LoadFn:
         if not callable(fn):
@@ -544,8 +546,9 @@ def load_local(
         name = format
     loader = get_loader(name)
     if loader.kind != kind:
-        what, use = (("a multi-layer dictionary (transcoder set or CLT)", "sae_hub.MultiLayerDictionary")
-                     if loader.kind == "multilayer" else ("a single-layer SAE", "sae_hub.SAE"))
+        what, use = {"multilayer": ("a multi-layer dictionary (transcoder set or CLT)", "sae_hub.MultiLayerDictionary"),
+                     "crosscoder": ("a crosscoder (one latent space over several sites)", "sae_hub.CrossCoder"),
+                     }.get(loader.kind, ("a single-layer SAE", "sae_hub.SAE"))
         raise UnsupportedSAEError(f"format {name!r} holds {what}; load it with {use}.load_from_disk", path=p,
                                   field="format")
     opts = _checked_options(loader, p, _with_facts(loader, options, facts))

@@ -661,6 +661,19 @@ class CrossCoder(nn.Module):
                              device, dtype, source, cfg)
         return cls(cfg, _tensors=tensors)
 
+    @classmethod
+    def load_from_disk(cls, path: str | os.PathLike[str], *, format: str | None = None,
+                       device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                       **options: Any) -> CrossCoder:
+        """Load a crosscoder from a local folder (format detected unless ``format`` names a ``kind="crosscoder"``
+        loader, e.g. ``lm-saes-crosscoder``); ``options`` go to the loader."""
+        from sae_hub.loading import load_local
+
+        cfg, state_dict, source = load_local(Path(path), format=format, options=options, kind="crosscoder")
+        if not isinstance(cfg, CrossCoderConfig):
+            raise UnsupportedSAEError("this is not a crosscoder", path=source, field="format")
+        return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
+
 
 def _validated(expected: dict[str, tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], what: str,
                device: str | torch.device, dtype: torch.dtype | str | None,
