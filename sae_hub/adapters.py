@@ -353,6 +353,23 @@ def _track_write(site: HFSite, new: torch.Tensor, before: torch.Tensor, state: d
     state["mean"] = delta if mean is None or mean.shape != delta.shape else mean + delta
 
 
+def _to_hf(site: HFSite, new: torch.Tensor, t: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """The tensor to write at ``site`` for TransformerLens tensor ``new``; ``t`` is the tensor there and ``act``
+    TransformerLens's view of it.
+
+    A residual-stream site (centring only) writes ``t + (new - act)`` in float32: the same map as
+    :meth:`HFSite.from_tl` (``act`` is ``t`` minus its mean plus a per-token constant, so both put back the mean
+    the read removed), but an unchanged tensor comes back bit for bit. ``from_tl`` re-adds the mean to a centred
+    tensor that was rounded to the model's dtype: in bf16 that alone moved a GPT-2's logits by 0.02 under a splice
+    with the error term, where nothing should change.
+    """
+    if site.center and site.heads is None and site.value_bias is None and site.norm is None \
+            and new.shape == act.shape:
+        delta = new.to(device=t.device, dtype=torch.float32) - act.to(device=t.device, dtype=torch.float32)
+        return (t.float() + delta).to(t.dtype)
+    return site.from_tl(new, t, act)
+
+
 class HuggingFaceAdapter(ModelAdapter):
     """A ``transformers`` ``PreTrainedModel`` (``*ForCausalLM``), with ``tokenizer`` for text input.
 
@@ -427,7 +444,7 @@ class HuggingFaceAdapter(ModelAdapter):
                 new = fn(act, hook_arg)
                 if new is None:
                     return None
-                new_hf = hf.from_tl(new, t, act)
+                new_hf = _to_hf(hf, new, t, act)
                 _track_write(hf, new, act, state)
                 _remember(new_hf, key, new)
                 return (new_hf, *output[1:]) if is_tuple else new_hf
@@ -446,7 +463,7 @@ class HuggingFaceAdapter(ModelAdapter):
             new = fn(act, hook_arg)
             if new is None:
                 return None
-            new_hf = hf.from_tl(new, t, act)
+            new_hf = _to_hf(hf, new, t, act)
             _track_write(hf, new, act, state)
             _remember(new_hf, key, new)
             if args:

@@ -241,3 +241,43 @@ def test_adapter_reports_text_properties(root):
 def test_zz_print_measured():
     print("\nparity (max abs error unless said):", {k: f"{v:.1e}" for k, v in sorted(MEASURED.items())})
     assert all(v <= 1e-4 for v in MEASURED.values())
+
+
+# ---------------------------------------------------------------------------------------------- dtype and device
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize(("model_dtype", "sae_dtype"), [(torch.bfloat16, torch.float32),
+                                                        (torch.float32, torch.bfloat16),
+                                                        (torch.float16, torch.bfloat16)])
+def test_mixed_dtypes(root, family, model_dtype, sae_dtype):
+    """A half-precision model with a float32 SAE and the reverse: features come in the SAE's dtype (its decisions
+    in float32, as SAE.encode makes them), writes go back in the model's dtype, and the error term leaves a
+    bf16/fp16 model's logits bit-identical (GPT-2 in bf16 moved by 0.02 before writes became differences)."""
+    import copy
+
+    from sae_hub import run_with_saes, splice
+
+    hf32 = models(root, family)["hf"]
+    hf = copy.deepcopy(hf32).to(model_dtype)
+    tokens = tokens_of(models(root, family)["bridge"], n=2, width=12)
+    hook = "blocks.0.hook_resid_post"
+    sae32 = make_sae(hook, 64, 50)
+    sae = copy.deepcopy(sae32).to(sae_dtype)
+    with torch.no_grad():
+        clean = hf(input_ids=tokens).logits
+        _, feats = run_with_saes(hf, tokens, sae)
+        _, ref = run_with_saes(hf32, tokens, sae32)
+        with splice(hf, sae, use_error_term=True) as sp:
+            err = hf(input_ids=tokens).logits
+        with splice(hf, sae):
+            spliced = hf(input_ids=tokens).logits
+    f = feats[hook]
+    assert f.dtype == sae_dtype and sp.features[hook].dtype == sae_dtype
+    assert err.dtype == spliced.dtype == model_dtype
+    # half-precision activations / weights: features agree with the all-float32 run to half-precision accuracy
+    assert float((f.float() - ref[hook]).abs().max()) <= 0.05 * float(ref[hook].abs().max())
+    change = float((err.float() - clean.float()).abs().max())
+    record(f"error-term logit change, {model_dtype} model + {sae_dtype} SAE", change)
+    assert change <= (0.0 if model_dtype != torch.float32 else 1e-5), change
+    assert bool(spliced.isfinite().all()) and float((spliced.float() - clean.float()).abs().max()) > 0.05
