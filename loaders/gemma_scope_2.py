@@ -11,10 +11,12 @@ and for affine transcoders ``affine_skip_connection`` [d_in, d_out] (output ``de
 ``W_skip = affine.T`` [d_out, d_in] with ``has_skip`` (canonical ``forward`` adds ``x @ W_skip.T``, the same
 thing). Semantics are canonical JumpReLU: no centering, no normalisation.
 
-Cross-layer transcoder files (``w_dec`` [d_sae, n_targets, d_out], one file per source layer) are refused by
-default: a per-layer SAE cannot hold a decoder into several layers. The option ``clt_decoder="sum"`` sums the
-decoders over the target axis (this DROPS the cross-layer structure: the result writes everything into one
-output); ``clt_decoder=<int>`` keeps one target slice. Crosscoders are refused.
+Cross-layer transcoder files (``clt/width_*/params_layer_{L}.safetensors``: ``w_dec`` [d_sae, n_targets, d_out],
+one file per source layer) load WHOLE as a :class:`~sae_hub.multilayer.MultiLayerDictionary` (format
+``gemma-scope-2-clt``, :func:`load_clt`). As a single ``SAE`` one such file is refused by default: a per-layer SAE
+cannot hold a decoder into several layers. The option ``clt_decoder="sum"`` (a lossy view, kept for SAELens
+parity) sums the decoders over the target axis (this DROPS the cross-layer structure: the result writes
+everything into one output); ``clt_decoder=<int>`` keeps one target slice. Crosscoders are refused.
 
 Hook names come from ``config.json`` (HF module paths mapped to TransformerLens names) or, failing that, from
 the folder (``resid_post*/layer_L...`` -> ``blocks.L.hook_resid_post``, ``attn_out*`` -> ``blocks.L.attn.hook_z``,
@@ -40,7 +42,7 @@ from sae_hub.errors import (
 from sae_hub.files import read_json, read_safetensors, read_safetensors_header
 from sae_hub.loading import register_loader
 
-__all__ = ["detect", "hf_to_tl_hook", "load"]
+__all__ = ["detect", "detect_clt", "hf_to_tl_hook", "load", "load_clt"]
 
 PARAMS = "params.safetensors"
 CONFIG = "config.json"
@@ -147,8 +149,10 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
         if clt is None:
             raise UnsupportedSAEError(
                 f"this is a cross-layer transcoder file: w_dec {list(w_dec.shape)} decodes each feature into "
-                f"{n_targets} layers, which a per-layer SAE cannot hold. Pass clt_decoder='sum' to sum the decoders "
-                "over the target axis (drops the cross-layer structure) or clt_decoder=<target index> to keep one",
+                f"{n_targets} layers, which a per-layer SAE cannot hold. Load the folder of params_layer files whole "
+                "with sae_hub.MultiLayerDictionary.load_from_disk (format gemma-scope-2-clt), or pass "
+                "clt_decoder='sum' to sum the decoders over the target axis (lossy: drops the cross-layer structure) "
+                "or clt_decoder=<target index> to keep one",
                 path=file, field="w_dec")
         if clt == "sum":
             w_dec = w_dec.float().sum(dim=1).to(w_dec.dtype)
@@ -213,3 +217,162 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
     for c in conversions:
         cfg.record(c)
     return cfg, out
+
+
+# ---------------------------------------------------------------------- whole cross-layer transcoders
+
+CLT_FILE = re.compile(r"params_layer_(\d+)\.safetensors")
+CLT_OPTIONS = ("feature_input_hook", "feature_output_hook", "model_name")
+
+
+def _clt_files(folder: Path) -> dict[int, Path]:
+    out: dict[int, Path] = {}
+    for p in folder.iterdir():
+        m = CLT_FILE.fullmatch(p.name)
+        if m and p.is_file():
+            out[int(m.group(1))] = p
+    return out
+
+
+def detect_clt(path: Path) -> bool:
+    """A folder of ``params_layer_{L}.safetensors`` files whose lowest holds Gemma Scope 2 keys with a 3-d
+    ``w_dec`` (a CLT source layer)."""
+    if not path.is_dir():
+        return False
+    files = _clt_files(path)
+    if not files:
+        return False
+    try:
+        header = read_safetensors_header(files[min(files)])
+    except SaeHubError:
+        return False
+    keys = set(header.keys())
+    return {"w_enc", "w_dec", "b_enc", "b_dec", "threshold"} <= keys and len(header.shape("w_dec")) == 3
+
+
+def _relative_hook(options: dict[str, Any], name: str) -> str | None:
+    value = options.get(name)
+    if value is not None and (not isinstance(value, str) or not value or value.startswith("blocks.")):
+        raise ConfigError(f"{name} must be a hook name relative to a block (e.g. 'hook_resid_mid'), got {value!r}",
+                          field=name)
+    return value
+
+
+# kind="multilayer": load returns a MultiLayerConfig (typed Any here: LoadFn is typed for SAE loaders).
+@register_loader("gemma-scope-2-clt", files=["params_layer_*.safetensors"], detect=detect_clt,
+                 options=CLT_OPTIONS, kind="multilayer",
+                 description="Google Gemma Scope 2 cross-layer transcoder (params_layer_{L}.safetensors), whole")
+def load_clt(path: Path, options: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Gemma Scope 2 CLT folder -> canonical multi-layer tensors (``docs/formats.md#gemma-scope-2-clt``).
+
+    One ``params_layer_{L}.safetensors`` per source layer ``L = 0..n-1``: ``w_enc [d_in, d_sae]``, ``b_enc``,
+    ``threshold [d_sae]`` (JumpReLU), ``b_dec [d_out]`` (the bias of TARGET layer ``L``), ``w_dec [d_sae, n, d_out]``
+    indexed by absolute target layer (slots before ``L`` are not read: a feature writes at or after the layer it
+    reads, as circuit-tracer's ``w_dec[L, :, L:, :]``; a ``[d_sae, n - L, d_out]`` decoder is read as is) and,
+    in ``_affine`` folders, ``affine_skip_connection [d_in, d_out]`` (target ``L`` adds ``x_L @ affine``, kept as
+    ``W_skip.L = affine.T``). Every layer is loaded: circuit-tracer 0.5.0's ``load_gemma_scope_2_clt`` loops over
+    ``range(max(paths))`` and so drops the last one. Google's JumpReLU ``relu(z) * (z > t)`` is the
+    canonical ``z * (z > t)`` for ``t >= 0``; a negative ``t`` is raised to 0 (exact, recorded). Tensors stay
+    memory-mapped (the decoder slice is a view).
+    """
+    from sae_hub.errors import MissingFileError
+    from sae_hub.multilayer import MultiLayerConfig
+
+    folder = path if path.is_dir() else path.parent
+    files = _clt_files(folder)
+    if not files:
+        raise MissingFileError("no params_layer_{L}.safetensors files in this folder", path=folder)
+    n = max(files) + 1
+    for layer in range(n):
+        if layer not in files:
+            raise MissingFileError(f"layer {layer} is missing: the folder has params_layer files up to {n - 1} "
+                                   f"(a Gemma Scope 2 CLT covers layers 0..n-1 without a gap)",
+                                   path=folder / f"params_layer_{layer}.safetensors", field="w_dec")
+    first: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    skips: list[bool] = []
+    negative: list[int] = []
+    for layer in range(n):
+        file = files[layer]
+        sd, _ = read_safetensors(file)
+        for key in _KEYS:
+            if key not in sd:
+                raise ShapeMismatchError(f"missing tensor {key!r} (found {sorted(sd)})", path=file, field=key)
+        extra = sorted(set(sd) - {*_KEYS, "affine_skip_connection"})
+        if extra:
+            raise ShapeMismatchError(f"unexpected tensor(s) {extra} in a Gemma Scope 2 CLT file", path=file,
+                                     field=extra[0])
+        w_enc, w_dec = sd["w_enc"], sd["w_dec"]
+        if w_enc.dim() != 2:
+            raise ShapeMismatchError(f"w_enc has shape {list(w_enc.shape)}, expected [d_in, d_sae]", path=file,
+                                     field="w_enc")
+        d_in, d_sae = w_enc.shape
+        if w_dec.dim() != 3 or w_dec.shape[0] != d_sae:
+            raise ShapeMismatchError(f"w_dec has shape {list(w_dec.shape)}, expected [d_sae={d_sae}, n_targets, "
+                                     "d_out]", path=file, field="w_dec")
+        d_out = w_dec.shape[2]
+        if not first:
+            first = {"d_in": d_in, "d_sae": d_sae, "d_out": d_out, "file": file.name}
+        for name, got in (("d_in", d_in), ("d_sae", d_sae), ("d_out", d_out)):
+            if got != first[name]:
+                raise ShapeMismatchError(f"{name}={got} here but {first[name]} in {first['file']}: the files of one "
+                                         "CLT share their widths", path=file,
+                                         field="w_dec" if name == "d_out" else "w_enc")
+        slots = w_dec.shape[1]
+        if slots == n:
+            dec = w_dec[:, layer:, :]
+        elif slots == n - layer:
+            dec = w_dec
+        else:
+            raise ShapeMismatchError(f"w_dec decodes into {slots} target layers; with {n} layers (files 0..{n - 1}) "
+                                     f"source layer {layer} needs {n} (indexed by target layer) or {n - layer} (from "
+                                     "this layer on)", path=file, field="w_dec")
+        for key, shape in (("b_enc", (d_sae,)), ("threshold", (d_sae,)), ("b_dec", (d_out,))):
+            if tuple(sd[key].shape) != shape:
+                raise ShapeMismatchError(f"{key} has shape {list(sd[key].shape)}, expected {list(shape)}", path=file,
+                                         field=key)
+        threshold = sd["threshold"]
+        if bool((threshold < 0).any()):  # Google's relu(z) * (z > t) is z * (z > max(t, 0)): exact, recorded
+            threshold = threshold.clamp_min(0)
+            negative.append(layer)
+        tensors.update({f"W_enc.{layer}": w_enc, f"b_enc.{layer}": sd["b_enc"], f"threshold.{layer}": threshold,
+                        f"W_dec.{layer}": dec, f"b_dec.{layer}": sd["b_dec"]})
+        skip = sd.get("affine_skip_connection")
+        skips.append(skip is not None)
+        if skip is not None:
+            if tuple(skip.shape) != (d_in, d_out):
+                raise ShapeMismatchError(f"affine_skip_connection has shape {list(skip.shape)}, expected [{d_in}, "
+                                         f"{d_out}]", path=file, field="affine_skip_connection")
+            tensors[f"W_skip.{layer}"] = skip.T
+        if skips[0] != skips[-1]:
+            raise ShapeMismatchError(f"affine_skip_connection is {'absent' if skips[0] else 'present'} here but "
+                                     f"{'present' if skips[0] else 'absent'} in {first['file']}: every layer of an "
+                                     "affine CLT has one", path=file, field="affine_skip_connection")
+    hin = _relative_hook(options, "feature_input_hook")
+    hout = _relative_hook(options, "feature_output_hook")
+    model = options.get("model_name")
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"model_name must be a string, got {model!r}", field="model_name")
+    if not model:
+        for part in folder.parts:
+            m = _REPO.search(part)
+            if m:
+                model = f"google/gemma-3-{m.group(1)}-{m.group(2)}"
+    cfg = MultiLayerConfig(
+        kind="clt", layers=list(range(n)), d_in=first["d_in"], d_sae=first["d_sae"], d_out=first["d_out"],
+        architecture="jumprelu", has_skip=skips[0], dtype=str(tensors["W_enc.0"].dtype).removeprefix("torch."),
+        model_name=model or None,
+        hook_names_in=[f"blocks.{i}.{hin}" if hin else None for i in range(n)],
+        hook_names_out=[f"blocks.{i}.{hout}" if hout else None for i in range(n)],
+    )
+    cfg.extra["feature_input_hook"] = hin
+    cfg.extra["feature_output_hook"] = hout
+    cfg.provenance.source_format = "gemma-scope-2-clt"
+    cfg.record("Gemma Scope 2 CLT: W_enc.L = w_enc, threshold.L as stored (z * (z > threshold)), "
+               "W_dec.L = w_dec[:, L:, :] (target slots before L not read)")
+    if negative:
+        cfg.record(f"layers {negative}: negative thresholds raised to 0 (Google's relu(z) * (z > t) equals "
+                   "z * (z > max(t, 0)))")
+    if skips[0]:
+        cfg.record("W_skip.L = affine_skip_connection.T (target L adds x_L @ affine_skip_connection)")
+    return cfg, tensors

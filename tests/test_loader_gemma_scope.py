@@ -294,3 +294,137 @@ def test_detection_is_unambiguous(tmp_path):
     assert gemma_scope_2.detect(f) and gemma_scope_2.detect(f.parent) and not gemma_scope.detect(f.parent)
     assert gemma_scope.detect(g1) and not gemma_scope_2.detect(g1)
     assert detect_format(g1) == "gemma-scope" and detect_format(f.parent) == "gemma-scope-2"
+
+
+# ---------------------------------------------------------------------- Gemma Scope 2 CLTs, whole
+
+
+def _write_gs2_clt(folder: Path, *, n: int = 4, d: int = 8, s: int = 12, affine: bool = False, seed: int = 20,
+                   dtype: torch.dtype = torch.float32, slots: str = "all") -> list[dict[str, torch.Tensor]]:
+    """Gemma Scope 2 CLT files as the Hub holds them: params_layer_{L} with w_dec [d_sae, n, d] indexed by target
+    layer (slots before L filled with noise: they must not be read) or [d_sae, n - L, d] (``slots="forward"``)."""
+    g = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for L in range(n):
+        t = {"w_enc": torch.randn(d, s, generator=g) / math.sqrt(d), "b_enc": torch.randn(s, generator=g) * 0.2,
+             "threshold": torch.rand(s, generator=g) * 0.5, "b_dec": torch.randn(d, generator=g) * 0.3,
+             "w_dec": torch.randn(s, n if slots == "all" else n - L, d, generator=g) / math.sqrt(s)}
+        if affine:
+            t["affine_skip_connection"] = torch.randn(d, d, generator=g) * 0.1
+        t = {k: v.to(dtype) for k, v in t.items()}
+        save_file(t, str(folder / f"params_layer_{L}.safetensors"))
+        out.append(t)
+    return out
+
+
+def _gs2_clt_reference(files: list[dict[str, torch.Tensor]], xs: list[torch.Tensor], slots: str = "all"
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Google's JumpReLU per source layer, (pre > threshold) * relu(pre), and every target t summing the decoders
+    of sources L <= t (slot t of an absolute w_dec, slot t - L of a forward one) + b_dec[t] (+ x_t @ affine[t]);
+    float64 loops."""
+    n = len(files)
+    f64 = [{k: v.double() for k, v in f.items()} for f in files]
+    acts = []
+    for L in range(n):
+        pre = xs[L].double() @ f64[L]["w_enc"] + f64[L]["b_enc"]
+        acts.append((pre > f64[L]["threshold"]) * torch.relu(pre))
+    outs = []
+    for t in range(n):
+        y = f64[t]["b_dec"].expand(xs[0].shape[0], -1).clone()
+        for L in range(t + 1):
+            y = y + acts[L] @ f64[L]["w_dec"][:, t if slots == "all" else t - L, :]
+        if "affine_skip_connection" in f64[t]:
+            y = y + xs[t].double() @ f64[t]["affine_skip_connection"]
+        outs.append(y)
+    return acts, outs
+
+
+@pytest.mark.parametrize("affine,slots,dtype,tol", [
+    (False, "all", torch.float32, 1e-5), (True, "all", torch.float32, 1e-5), (True, "forward", torch.float32, 1e-5),
+    (True, "all", torch.bfloat16, 0.03),
+])
+def test_gemma_scope_2_clt_loads_whole(tmp_path, affine, slots, dtype, tol):
+    from sae_hub.multilayer import MultiLayerDictionary
+
+    folder = tmp_path / "models--google--gemma-scope-2-1b-pt" / "snapshots" / "abc" / "clt" / "width_262k_l0_medium"
+    files = _write_gs2_clt(folder, affine=affine, slots=slots, dtype=dtype)
+    assert detect_format(folder) == "gemma-scope-2-clt"
+    m = MultiLayerDictionary.load_from_disk(folder, feature_input_hook="hook_resid_mid",
+                                            feature_output_hook="hook_mlp_out")
+    c = m.cfg
+    assert (c.kind, c.layers, c.has_skip, c.model_name, m.dtype) == ("clt", [0, 1, 2, 3], affine,
+                                                                     "google/gemma-3-1b-pt", dtype)
+    assert c.hook_names_in[3] == "blocks.3.hook_resid_mid" and c.hook_names_out[0] == "blocks.0.hook_mlp_out"
+    xs = [torch.randn(10, 8, generator=torch.Generator().manual_seed(i)).to(dtype) for i in range(4)]
+    acts, outs = _gs2_clt_reference(files, xs, slots)
+    feats, got = m.encode_all(xs), m(xs)
+    for t in range(4):
+        if dtype == torch.float32:
+            assert (feats[t].double() - acts[t]).abs().max().item() <= tol
+        assert (got[t].double() - outs[t]).abs().max().item() <= tol * (1 + outs[t].abs().max().item())
+    assert 0.05 < torch.stack([feats[t] > 0 for t in range(4)]).float().mean().item() < 0.95
+    if slots == "all":  # the decoder is a view of the memory-mapped file, not a copy
+        assert m.W_dec[2].data_ptr() != 0 and not m.W_dec[2].is_contiguous()
+
+
+def test_gemma_scope_2_clt_negative_threshold_is_folded_exactly(tmp_path):
+    from sae_hub.multilayer import MultiLayerDictionary
+
+    files = _write_gs2_clt(tmp_path / "c", n=2)
+    files[1]["threshold"][:4] = -0.3
+    save_file(files[1], str(tmp_path / "c" / "params_layer_1.safetensors"))
+    m = MultiLayerDictionary.load_from_disk(tmp_path / "c")
+    xs = [torch.randn(50, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    acts, outs = _gs2_clt_reference(files, xs)
+    assert (m.encode(1, xs[1]).double() - acts[1]).abs().max().item() <= 1e-5
+    assert (m(xs)[1].double() - outs[1]).abs().max().item() <= 1e-5
+    assert any("negative thresholds" in r for r in m.cfg.provenance.conversions)
+
+
+@pytest.mark.parametrize("case,error,file,field", [
+    ("missing_layer", "MissingFileError", "params_layer_2.safetensors", "w_dec"),
+    ("missing_last", "ShapeMismatchError", "params_layer_0.safetensors", "w_dec"),
+    ("d_sae", "ShapeMismatchError", "params_layer_1.safetensors", "w_enc"),
+    ("d_sae_in_file", "ShapeMismatchError", "params_layer_1.safetensors", "threshold"),
+    ("targets", "ShapeMismatchError", "params_layer_2.safetensors", "w_dec"),
+    ("affine_some", "ShapeMismatchError", "params_layer_3.safetensors", "affine_skip_connection"),
+    ("no_b_dec", "ShapeMismatchError", "params_layer_1.safetensors", "b_dec"),
+])
+def test_gemma_scope_2_clt_bad_file_sets_name_file_and_tensor(tmp_path, case, error, file, field):
+    from sae_hub.multilayer import MultiLayerDictionary
+
+    folder = tmp_path / "clt"
+    files = _write_gs2_clt(folder, affine=case == "affine_some")
+
+    def rewrite(layer: int, t: dict[str, torch.Tensor]) -> None:
+        save_file(t, str(folder / f"params_layer_{layer}.safetensors"))
+
+    if case == "missing_layer":
+        (folder / "params_layer_2.safetensors").unlink()
+    elif case == "missing_last":  # three files, but every decoder names four target layers
+        (folder / "params_layer_3.safetensors").unlink()
+    elif case == "d_sae":
+        rewrite(1, {**files[1], "w_enc": torch.zeros(8, 13), "b_enc": torch.zeros(13), "threshold": torch.zeros(13),
+                    "w_dec": torch.zeros(13, 4, 8)})
+    elif case == "d_sae_in_file":
+        rewrite(1, {**files[1], "threshold": torch.zeros(11)})
+    elif case == "targets":
+        rewrite(2, {**files[2], "w_dec": torch.zeros(12, 3, 8)})
+    elif case == "affine_some":
+        rewrite(3, {k: v for k, v in files[3].items() if k != "affine_skip_connection"})
+    elif case == "no_b_dec":
+        rewrite(1, {k: v for k, v in files[1].items() if k != "b_dec"})
+    with pytest.raises(Exception) as e:
+        MultiLayerDictionary.load_from_disk(folder, format="gemma-scope-2-clt")
+    assert type(e.value).__name__ == error
+    assert Path(str(e.value.path)).name == file and e.value.field == field
+
+
+def test_gemma_scope_2_clt_layer_file_alone_still_refused_as_an_sae_pointing_to_the_whole(tmp_path):
+    _write_gs2_clt(tmp_path / "clt", n=2)
+    with pytest.raises(UnsupportedSAEError, match="MultiLayerDictionary") as e:
+        SAE.load_from_disk(tmp_path / "clt" / "params_layer_0.safetensors")
+    assert "clt_decoder='sum'" in str(e.value)
+    with pytest.raises(UnsupportedSAEError, match="MultiLayerDictionary"):
+        SAE.load_from_disk(tmp_path / "clt")  # the folder: the whole-CLT format, refused as an SAE
