@@ -32,13 +32,15 @@ INTERNET_NOTE = "With internet access"
 _CHECK_KERNEL = "import sys\nprint(repr(sys.executable), repr(sys.prefix))"
 
 
-def test_there_are_five_tutorials():
+def test_there_are_seven_tutorials():
     assert [p.name for p in NOTEBOOKS] == [
         "01_loading_and_analysing.ipynb",
         "02_logit_lens.ipynb",
         "03_training_and_uploading.ipynb",
         "04_custom_loader.ipynb",
         "05_converting.ipynb",
+        "06_plain_transformers.ipynb",
+        "07_nnsight.ipynb",
     ]
 
 
