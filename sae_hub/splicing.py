@@ -412,7 +412,22 @@ def run_with_saes(
     ``torch.no_grad()``; use :func:`splice` for gradients.
     A hook that never fires during the pass (TransformerLens lists a few that a given architecture never
     calls) raises :class:`~sae_hub.errors.ConfigError` rather than returning nothing.
+
+    A :class:`~sae_hub.multilayer.MultiLayerDictionary` (transcoder set, CLT) as ``saes`` returns
+    ``{model layer: features}`` (see :func:`sae_hub.replacement.run_with_dictionary`; splicing runs the replacement
+    model).
     """
+    # --- multi-layer dictionaries: the replacement model (sae_hub.replacement) ---
+    from sae_hub.multilayer import MultiLayerDictionary
+
+    if isinstance(saes, MultiLayerDictionary):
+        from sae_hub.replacement import run_with_dictionary
+
+        # keys are model layers (int) here, not SAE names: the declared dict[str, Any] is for SAEs
+        return run_with_dictionary(model, tokens_or_text, saes, sparse=sparse, splice=splice,  # type: ignore[return-value]
+                                   use_error_term=use_error_term, stop_early=stop_early, prepend_bos=prepend_bos,
+                                   tokenizer=tokenizer)
+    # ---
     named = _named_saes(saes)
     adapter = adapt(model, tokenizer)
     if isinstance(tokens_or_text, torch.Tensor):
