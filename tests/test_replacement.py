@@ -277,6 +277,53 @@ def test_refusals(fam):
     assert n_hooks(hf) == base
 
 
+def test_nnsight_model_gets_the_same_replacement(fam):
+    nnsight = pytest.importorskip("nnsight")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = nnsight.LanguageModel(fam["hf"], tokenizer=fam["tokenizer"])
+    tokens = fam["bridge"].to_tokens(TEXT)
+    d = make_dict("clt", "jumprelu", True, seed=11)
+    ref, ref_feats = manual_hf(fam["hf"], d, tokens)
+    logits, feats = run_with_saes(lm, tokens, d, splice=True)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+    for layer in LAYERS:
+        torch.testing.assert_close(feats[layer], ref_feats[layer], atol=1e-5, rtol=0)
+
+
+def test_generate_with_kv_cache_is_spliced_at_every_step(fam):
+    """Each cached step (seq len 1) is its own pass: features of that pass, earlier-layer decoders summed."""
+    hf = fam["hf"]
+    ids = fam["bridge"].to_tokens(TEXT[0])[:, :8]
+    d = make_dict("clt", "relu", False, seed=13)
+    n_new = 6
+    with torch.no_grad(), splice_replacement(hf, d, use_error_term=True, edits={0: lambda f: f.mul_(3.0)}):
+        cached = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
+                             do_sample=False, use_cache=True, pad_token_id=hf.config.eos_token_id,
+                             eos_token_id=None)[:, ids.shape[1]:]
+        seq = ids
+        for _ in range(n_new):
+            seq = torch.cat([seq, hf(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    with torch.no_grad():
+        plain = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, do_sample=False,
+                            use_cache=True, pad_token_id=hf.config.eos_token_id, eos_token_id=None)[:, ids.shape[1]:]
+    assert torch.equal(cached, seq[:, ids.shape[1]:])
+    assert not torch.equal(cached, plain)  # the edit steers
+
+
+def test_features_are_on_the_autograd_graph(fam):
+    bridge = fam["bridge"]
+    tokens = bridge.to_tokens(TEXT[0])
+    d = make_dict("clt", "relu", False, seed=17)
+    with splice_replacement(bridge, d, use_error_term=True) as rp:
+        logits = bridge(tokens)
+    f0 = rp.features[0]
+    (grad,) = torch.autograd.grad(logits[0, -1].logsumexp(-1), f0)
+    assert grad.abs().sum() > 0  # layer 0's features reach the logits through layer 0's and layer 1's decoders
+
+
 def test_zz_print_measured():
     print("\nreplacement-model errors:", {k: f"{v:.1e}" for k, v in MEASURED.items()})
     assert MEASURED and all(v <= 1e-5 for v in MEASURED.values())
