@@ -644,3 +644,42 @@ def test_defaults_recover_features_of_the_realistic_generator(arch, min_mcc):
                       num_threads=1)
     r = evaluate_recovery(train_sae(cfg, data, progress=False), data, n_tokens=8192)
     assert r["mcc"] >= min_mcc and r["fvu"] < 0.25
+
+
+def test_encoder_gemm_and_selection_run_on_gemm_threads_and_the_count_is_restored(monkeypatch):
+    """Selection.gemm_threads: the [B, d_sae] work (GEMM, topk, AuxK topk) runs on that many threads, everything
+    else on the caller's count, which is back afterwards; the selection and values equal a run without it."""
+    from sae_hub.training import kernels
+
+    seen: list[int] = []
+    real_select = kernels._select
+
+    def spy(pre, sel):
+        seen.append(torch.get_num_threads())
+        return real_select(pre, sel)
+
+    monkeypatch.setattr(kernels, "_select", spy)
+    p = _params(n=64, d=16)
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = kernels.sparse_encode(x, p["W_encT"], p["b_enc"], p["b_dec"], k=4)
+    sel = kernels.Selection(k=4, gemm_threads=2)
+    got = kernels.SparseEncode.apply(x, p["W_encT"], p["b_enc"], p["b_dec"], sel)
+    assert seen == [1, 2] and torch.get_num_threads() == 1  # the one_thread fixture's count, restored
+    assert torch.equal(ref[2].latents, got[2].latents) and torch.allclose(ref[0], got[0], atol=1e-6)
+
+
+def test_run_gives_the_gemm_all_threads_while_the_tuner_sets_the_rest():
+    """With num_threads=None a topk run keeps the encoder GEMM at the caller's thread count (gemm_threads) and
+    tunes only the rest; after the run gemm_threads is back to 0 (a direct Trainer.step leaves threads alone)
+    and so is the caller's count. With a fixed num_threads nothing is split (bit-reproducible runs)."""
+    torch.set_num_threads(2)
+    data = SyntheticActivations(d=8, n_features=16, seed=0)
+    seen: list[tuple[int, int]] = []
+    for num_threads in (None, 1):
+        cfg = TrainConfig(architecture="topk", d_sae=16, k=2, batch_size=32, steps=3, log_every=1, device="cpu",
+                          num_threads=num_threads)
+        tr = Trainer(cfg, data, progress=False)
+        tr.callbacks = (lambda e, sel=tr.sel: seen.append((sel.gemm_threads, torch.get_num_threads())),)
+        tr.run()
+        assert tr.sel.gemm_threads == 0 and torch.get_num_threads() == 2
+    assert seen == [(2, 2)] * 3 + [(0, 1)] * 3

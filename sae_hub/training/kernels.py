@@ -52,7 +52,9 @@ sparsify ``fused_encoder.py`` (``embedding_bag`` / ``index_add_`` backward).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,12 @@ class Selection:
     bf16: bool = False
     dead_idx: torch.Tensor | None = None  # [n_dead] latents that are dead now; None: no AuxK
     k_aux: int = 0
+    # Threads for the encoder GEMM and the selection (0: torch's current count). The trainer runs the rest of
+    # the step on fewer threads when that is faster (ThreadTuner): the GEMM and the row-wise topk are one
+    # parallel region each and use every core, while the step's ~40 small ops would each pay an OpenMP barrier,
+    # which costs a scheduler quantum when another process holds a core (torch.sort of 65k indices: 1 ms on one
+    # thread, ~390 ms on two with the cores shared; measured).
+    gemm_threads: int = 0
     # Buffers reused across steps (pre-activations, bf16 weights, weight gradients). Tensors of tens of MB are
     # mmap'd fresh at every allocation and the kernel zeroes their pages: ~30% of a CPU step otherwise.
     workspace: dict[str, torch.Tensor] | None = None
@@ -102,6 +110,20 @@ class Selection:
         """
         if self.workspace is not None:
             self.workspace.update(grad_W_encT=grad_W_encT, grad_W_dec=grad_W_dec)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch threads (``n <= 0``: unchanged), restoring the count after."""
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _buffer(ws: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, ...], like: torch.Tensor,
@@ -210,12 +232,15 @@ class SparseEncode(torch.autograd.Function):
             w16 = _buffer(sel.workspace, "W_encT_bf16", tuple(W_encT.shape), W_encT, dt)  # [n, d] bf16
             w = w16.copy_(W_encT) if w16 is not None else W_encT.to(dt)  # [n, d] bf16
         out = _buffer(sel.workspace, "pre", (x.shape[0], W_encT.shape[0]), x, dt)  # [B, n]
-        pre = torch.addmm(b_enc.to(dt), xc.to(dt), w.t(), **({"out": out} if out is not None else {}))  # [B, n] z
-        vals, lat, offs = _select(pre, sel)  # [M], [M], [B]
+        av = ai = None
+        with _threads(sel.gemm_threads):  # the [B, n] work: one GEMM, row-wise topks
+            pre = torch.addmm(b_enc.to(dt), xc.to(dt), w.t(), **({"out": out} if out is not None else {}))  # z
+            vals, lat, offs = _select(pre, sel)  # [M], [M], [B]
+            if sel.dead_idx is not None and sel.k_aux > 0:
+                av, ai = pre.index_select(1, sel.dead_idx).topk(sel.k_aux, dim=-1, sorted=False)  # [B, k_aux]
         vals = vals.to(x.dtype).clamp_min(0)  # [M] v = relu(z) at the pairs
         pairs, avals, apairs = Pairs(lat, offs, W_encT.shape[0]), vals.new_zeros(0), None  # avals: [0]
-        if sel.dead_idx is not None and sel.k_aux > 0:
-            av, ai = pre.index_select(1, sel.dead_idx).topk(sel.k_aux, dim=-1, sorted=False)  # [B, k_aux] each
+        if av is not None and ai is not None and sel.dead_idx is not None:
             avals = av.reshape(-1).to(x.dtype).clamp_min(0)  # [B·k_aux] a = relu(z) at the AuxK pairs
             aoffs = torch.arange(0, x.shape[0] * sel.k_aux, sel.k_aux, device=x.device)  # [B]
             apairs = Pairs(sel.dead_idx[ai.reshape(-1)], aoffs, W_encT.shape[0])
