@@ -92,11 +92,23 @@ def _check_dictionary(dictionary: Any) -> MultiLayerDictionary:
     return dictionary
 
 
-def _sites(d: MultiLayerDictionary) -> tuple[list[Any], list[Any]]:
-    from sae_hub.splicing import Site
-
+def _sites(d: MultiLayerDictionary) -> tuple[list[str], list[str]]:
+    """The input and output hook names by position (plain names: the adapter places them; MLP activations are
+    flat ``[..., d]``, so none of :class:`~sae_hub.splicing.Site`'s per-head handling applies)."""
     cfg = d.cfg
-    return ([Site(str(h)) for h in cfg.hook_names_in or []], [Site(str(h)) for h in cfg.hook_names_out or []])
+    return [str(h) for h in cfg.hook_names_in or []], [str(h) for h in cfg.hook_names_out or []]
+
+
+def _read(act: torch.Tensor, hook_name: str, width: int, device: torch.device) -> torch.Tensor:
+    if act.shape[-1:] != (width,):
+        raise ShapeMismatchError(f"the activation at {hook_name!r} has shape {list(act.shape)}, which does not fit "
+                                 f"the dictionary's width {width}", field="d_in")
+    return act.to(device)
+
+
+def _write(act: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``new`` in ``act``'s place, dtype and device."""
+    return new.to(device=act.device, dtype=act.dtype).reshape(act.shape)
 
 
 def _place(adapter: ModelAdapter, d: MultiLayerDictionary, *, outputs: bool) -> None:
@@ -151,7 +163,7 @@ def _replacement_hooks(handle: ReplacementHandle) -> list[tuple[Any, Callable[..
         def read(act: torch.Tensor, hook: Any, i: int = i, layer: int = layer) -> None:
             for k in [k for k in state if k >= i]:
                 del state[k]
-            x = ins[i].read(act, cfg.d_in, device)
+            x = _read(act, ins[i], cfg.d_in, device)
             f = d.encode(layer, x)
             edit = handle.edits.get(layer)
             used = f
@@ -170,7 +182,7 @@ def _replacement_hooks(handle: ReplacementHandle) -> list[tuple[Any, Callable[..
             missing = [cfg.layers[s] for s, _ in writers[t] if s not in state]
             if missing:
                 raise ConfigError(
-                    f"the output hook {outs[t].hook_name!r} of layer {layer} fired before the input hook(s) of "
+                    f"the output hook {outs[t]!r} of layer {layer} fired before the input hook(s) of "
                     f"layer(s) {missing} that write to it (or they never fired)", field="hook_names_out")
             x_t = state[t][0] if t in state else None
             if d.W_skip is not None and x_t is None:
@@ -186,7 +198,7 @@ def _replacement_hooks(handle: ReplacementHandle) -> list[tuple[Any, Callable[..
                 edited = any(state[s][2] is not state[s][1] for s, _ in writers[t])
                 clean = _output(d, t, [state[s][1] if s in state else None for s in range(n)], writers[t],
                                 x_t if x_t is not None else act) if edited else recon
-                y = outs[t].read(act, d_out, device)
+                y = _read(act, outs[t], d_out, device)
                 err = (y.float() - clean).detach()
                 handle.errors[layer] = err
                 recon = recon + err
@@ -194,7 +206,7 @@ def _replacement_hooks(handle: ReplacementHandle) -> list[tuple[Any, Callable[..
                 recon = recon.to(d.dtype)
             if t == n - 1:
                 state.clear()
-            return outs[t].write(act, recon)
+            return _write(act, recon)
 
         hooks.append((ins[i], read))
         hooks.append((outs[i], write))
@@ -276,7 +288,7 @@ def run_with_dictionary(model: Any, tokens_or_text: str | Sequence[str] | torch.
             for i, layer in enumerate(d.cfg.layers):
 
                 def read(act: torch.Tensor, hook: Any, i: int = i, layer: int = layer) -> None:
-                    feats[layer] = d.encode(layer, ins[i].read(act, d.cfg.d_in, device))
+                    feats[layer] = d.encode(layer, _read(act, ins[i], d.cfg.d_in, device))
                     waiting.discard(layer)
                     if stop_early and not waiting:
                         raise StopForward
