@@ -95,9 +95,9 @@ NORM_PREFIX = "dataset_average_activation_norm."
 _NON_SAE_REASONS = {
     "crosscoder": "a crosscoder encodes the sum over all its hook points (W_E [n_heads, d_model, d_sae]); a "
                   "per-hook SAE cut from it would not reproduce its features. Era-C crosscoder files load whole "
-                  "with sae_hub.CrossCoder.load_from_disk (format lm-saes-crosscoder)",
+                  "with sae_hub.CrossCoder.load_from_disk",
     "clt": "a cross-layer transcoder decodes every feature into all later layers (W_D.{i} [i+1, d_sae, d_model]). "
-           "Era-C CLT files load whole with sae_hub.MultiLayerDictionary.load_from_disk (format lm-saes-clt)",
+           "Era-C CLT files load whole with sae_hub.MultiLayerDictionary.load_from_disk",
     "lorsa": "Lorsa is low-rank sparse attention (W_Q, W_K, W_V, W_O heads), not a sparse autoencoder",
     "molt": "MOLT is a mixture of linear transforms (U_matrices, V_matrices), not a sparse autoencoder",
 }

@@ -4,13 +4,13 @@ What llamascopium 2.0.0b34's ``save_pretrained`` + ``cfg.save_hyperparameters`` 
 ``tests/fixtures/llamascopium_clt``): ``config.json`` (``sae_type``, ``d_model``, ``act_fn``, ``norm_activation``,
 ``sparsity_include_decoder_norm``, hooks, ...) and ``sae_weights.safetensors`` (metadata ``version``).
 
-CLT (``sae_type: clt``, format ``lm-saes-clt``; ``hook_points_in``/``hook_points_out``, one per layer):
+CLT (``sae_type: clt``, format ``llamascopium-clt``; ``hook_points_in``/``hook_points_out``, one per layer):
 ``W_E [n, d_model, d_sae]``, ``b_E [n, d_sae]``, ``W_D.{t} [t+1, d_sae, d_model]`` (slot ``i`` decodes source ``i``
 INTO target ``t``), ``b_D.{t} [d_model]``, for JumpReLU ``activation_function.log_jumprelu_threshold [n, d_sae]``.
 Canonical: ``W_enc.i = W_E[i]``, ``W_dec.i[:, t-i] = W_D.{t}[i]`` (one copy: the library groups decoders by target,
 the canonical type by source), ``b_dec.t = b_D.{t}``.
 
-Crosscoder (``sae_type: crosscoder``, format ``lm-saes-crosscoder``; ``hook_points``, one per head/site):
+Crosscoder (``sae_type: crosscoder``, format ``llamascopium-crosscoder``; ``hook_points``, one per head/site):
 ``W_E [n, d_model, d_sae]``, ``b_E [n, d_sae]``, ``W_D [n, d_sae, d_model]``, ``b_D [n, d_model]``, for JumpReLU
 ``activation_function.log_jumprelu_threshold [d_sae]``. Site ``h`` holds ``W_E[h]``, ``b_E[h]``, ``W_D[h]``,
 ``b_D[h]`` as a :class:`~sae_hub.multilayer.CrossCoder` (the library always gates on the decoder norm).
@@ -268,9 +268,9 @@ def _gate(theta: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
 
 
 # LoadFn is typed for SAE loaders; kind="multilayer" loaders return a MultiLayerConfig (see register_loader).
-@register_loader("lm-saes-clt", files=[CONFIG, LM_CONFIG, *WEIGHT_CANDIDATES], detect=detect_clt,  # type: ignore[arg-type]
+@register_loader("llamascopium-clt", files=[CONFIG, LM_CONFIG, *WEIGHT_CANDIDATES], detect=detect_clt,  # type: ignore[arg-type]
                  options=OPTIONS, kind="multilayer", priority=5,
-                 description="llamascopium / lm-saes era-C cross-layer transcoder (CrossLayerTranscoder), whole")
+                 description="llamascopium era-C cross-layer transcoder (CrossLayerTranscoder), whole")
 def load_clt(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dict[str, torch.Tensor]]:
     """llamascopium CrossLayerTranscoder folder -> canonical multi-layer tensors (see the module docstring)."""
     folder = path if path.is_dir() else path.parent
@@ -344,7 +344,7 @@ def load_clt(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dic
                             d_sae=d_sae, architecture=act, k=_get(cfg, "top_k", int, cfg_path) if act == "topk"
                             else None, dtype=str(dtype).removeprefix("torch."), model_name=_model_name(folder),
                             hook_names_in=list[str | None](hin), hook_names_out=list[str | None](hout))
-    mcfg.provenance.source_format = "lm-saes-clt"
+    mcfg.provenance.source_format = "llamascopium-clt"
     mcfg.provenance.conversions.extend(conversions)
     return mcfg, tensors
 
@@ -357,9 +357,9 @@ def _layer(hook: str) -> int | None:
 # ---------------------------------------------------------------------- crosscoder
 
 
-@register_loader("lm-saes-crosscoder", files=[CONFIG, LM_CONFIG, *WEIGHT_CANDIDATES],  # type: ignore[arg-type]
+@register_loader("llamascopium-crosscoder", files=[CONFIG, LM_CONFIG, *WEIGHT_CANDIDATES],  # type: ignore[arg-type]
                  detect=detect_crosscoder, options=OPTIONS, kind="crosscoder", priority=5,
-                 description="llamascopium / lm-saes era-C crosscoder (Crosscoder), whole")
+                 description="llamascopium era-C crosscoder (Crosscoder), whole")
 def load_crosscoder(path: Path, options: dict[str, Any]) -> tuple[CrossCoderConfig, dict[str, torch.Tensor]]:
     """llamascopium Crosscoder folder -> canonical crosscoder tensors (see the module docstring)."""
     folder = path if path.is_dir() else path.parent
@@ -398,6 +398,6 @@ def load_crosscoder(path: Path, options: dict[str, Any]) -> tuple[CrossCoderConf
     ccfg = CrossCoderConfig(n_sites=n, d_in=d_model, d_sae=d_sae, architecture=act,
                             dtype=str(dtype).removeprefix("torch."), hook_names=list[str | None](hooks),
                             model_names=[_model_name(folder)] * n)
-    ccfg.provenance.source_format = "lm-saes-crosscoder"
+    ccfg.provenance.source_format = "llamascopium-crosscoder"
     ccfg.provenance.conversions.extend(conversions)
     return ccfg, tensors

@@ -666,7 +666,7 @@ class CrossCoder(nn.Module):
                        device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
                        **options: Any) -> CrossCoder:
         """Load a crosscoder from a local folder (format detected unless ``format`` names a ``kind="crosscoder"``
-        loader, e.g. ``lm-saes-crosscoder``); ``options`` go to the loader."""
+        loader, e.g. ``llamascopium-crosscoder``); ``options`` go to the loader."""
         from sae_hub.loading import load_local
 
         cfg, state_dict, source = load_local(Path(path), format=format, options=options, kind="crosscoder")

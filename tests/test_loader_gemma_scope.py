@@ -428,3 +428,27 @@ def test_gemma_scope_2_clt_layer_file_alone_still_refused_as_an_sae_pointing_to_
     assert "clt_decoder='sum'" in str(e.value)
     with pytest.raises(UnsupportedSAEError, match="MultiLayerDictionary"):
         SAE.load_from_disk(tmp_path / "clt")  # the folder: the whole-CLT format, refused as an SAE
+
+
+def test_gemma_scope_2_clt_release_from_the_hub_fetches_its_folder_only(hub, tmp_path):
+    """The shipped release table entry, against the local test Hub: the CLT folder's layer files are fetched
+    (nothing from the repo's other folders), hooks come from the release's options, outputs match the formula."""
+    from sae_hub.multilayer import MultiLayerDictionary
+
+    repo = "google/gemma-scope-2-1b-pt"
+    files = _write_gs2_clt(tmp_path / "src", n=3, affine=True)
+    for L in range(3):
+        hub.add_file(repo, f"clt/width_262k_l0_medium_affine/params_layer_{L}.safetensors",
+                     (tmp_path / "src" / f"params_layer_{L}.safetensors").read_bytes())
+        hub.add_file(repo, f"clt/width_262k_l0_medium/params_layer_{L}.safetensors", b"not fetched")
+    hub.add_file(repo, "resid_post/layer_0_width_16k_l0_small/params.safetensors", b"not fetched")
+    m = MultiLayerDictionary.from_pretrained("gemma-scope-2-1b-pt-clt", "width_262k_l0_medium_affine")
+    gets = sorted(r.path.split("/resolve/")[1].split("/", 1)[1]
+                  for r in hub.find(method="GET", path_contains="/resolve/"))
+    assert gets == [f"clt/width_262k_l0_medium_affine/params_layer_{L}.safetensors" for L in range(3)]
+    assert m.cfg.hook_names_in == [f"blocks.{L}.hook_resid_mid" for L in range(3)]
+    assert m.cfg.model_name == "google/gemma-3-1b-pt" and m.cfg.has_skip
+    xs = [torch.randn(5, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    _, outs = _gs2_clt_reference(files, xs)
+    got = m(xs)
+    assert max((got[t].double() - outs[t]).abs().max().item() for t in range(3)) <= 1e-5

@@ -28,7 +28,7 @@ CC_CASES = ["crosscoder_relu", "crosscoder_jumprelu", "crosscoder_jumprelu_datas
 
 @pytest.mark.parametrize("case", CLT_CASES)
 def test_llamascopium_clt_fixtures_load_whole_and_match_the_library(case: str) -> None:
-    assert detect_format(LS / case) == "lm-saes-clt"
+    assert detect_format(LS / case) == "llamascopium-clt"
     m = MultiLayerDictionary.load_from_disk(LS / case)
     ref = load_file(LS / case / "reference.safetensors")
     n = m.cfg.n_layers
@@ -50,7 +50,7 @@ def test_llamascopium_clt_fixtures_load_whole_and_match_the_library(case: str) -
 
 @pytest.mark.parametrize("case", CC_CASES)
 def test_llamascopium_crosscoder_fixtures_load_whole_and_match_the_library(case: str) -> None:
-    assert detect_format(LS / case) == "lm-saes-crosscoder"
+    assert detect_format(LS / case) == "llamascopium-crosscoder"
     cc = CrossCoder.load_from_disk(LS / case)
     ref = load_file(LS / case / "reference.safetensors")
     n = cc.cfg.n_sites
@@ -215,7 +215,7 @@ def _mutated(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
 def test_bad_clt_files_are_typed_errors_naming_file_and_tensor(tmp_path: Path, mutate, field: str) -> None:  # type: ignore[no-untyped-def]
     folder = _mutated(tmp_path, mutate)
     with pytest.raises(ShapeMismatchError) as e:
-        MultiLayerDictionary.load_from_disk(folder, format="lm-saes-clt")
+        MultiLayerDictionary.load_from_disk(folder, format="llamascopium-clt")
     assert e.value.field == field and str(e.value.path).endswith("sae_weights.safetensors")
 
 

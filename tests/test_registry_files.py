@@ -19,7 +19,8 @@ from sae_hub import releases
 from sae_hub.errors import RegistryError
 
 REGISTRY = Path(releases.__file__).resolve().parent.parent / "registry"
-FORMATS = {"saelens", "gemma-scope", "gemma-scope-2", "lm-saes", "dictionary-learning", "qwen-scope", "goodfire"}
+FORMATS = {"saelens", "gemma-scope", "gemma-scope-2", "gemma-scope-2-clt", "lm-saes", "dictionary-learning",
+           "qwen-scope", "goodfire"}
 # The files ported from SAELens's table (other registry files may be added next to them).
 SAELENS_FILES = ("dictionary-learning", "gemma-scope", "gemma-scope-2", "goodfire", "llama-scope", "qwen-scope",
                  "saelens-native")
@@ -90,7 +91,8 @@ def test_file_validates_and_expands(family: str):
         assert len(saes) == expected, f"{rel.name}: {expected} rows expand to {len(saes)} unique ids"
         for entry in saes.values():
             assert entry.id and entry.path and "{" not in entry.id + entry.path
-            if rel.format != "saelens":  # SAELens-native folders carry their hook in cfg.json
+            # SAELens-native folders carry their hook in cfg.json; a whole CLT names its hooks per layer (options)
+            if rel.format != "saelens" and rel.kind != "clt":
                 assert entry.hook and "{" not in entry.hook, f"{rel.name}/{entry.id}: no hook"
 
 
@@ -249,6 +251,7 @@ def test_release_and_sae_counts_per_family():
     assert counts == {
         "saelens": (28, 292), "gemma-scope": (17, 2859), "gemma-scope-2": (75, 8784), "lm-saes": (7, 288),
         "dictionary-learning": (16, 838), "qwen-scope": (14, 544), "goodfire": (2, 2),
+        "gemma-scope-2-clt": (4, 8),  # not in SAELens: Gemma Scope 2 CLTs, whole (270m/1b x pt/it x affine or not)
     }
 
 
