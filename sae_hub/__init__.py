@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "MultiLayerConfig": "sae_hub.multilayer",
     "CrossCoder": "sae_hub.multilayer",
     "CrossCoderConfig": "sae_hub.multilayer",
+    "splice_replacement": "sae_hub.replacement",
 }
 _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from sae_hub.multilayer import MultiLayerDictionary as MultiLayerDictionary
     from sae_hub.releases import list_releases as list_releases
     from sae_hub.releases import list_saes as list_saes
+    from sae_hub.replacement import splice_replacement as splice_replacement
     from sae_hub.sae import SAE as SAE
     from sae_hub.splicing import run_with_saes as run_with_saes
     from sae_hub.splicing import splice as splice

@@ -245,7 +245,7 @@ class TransformerLensAdapter(ModelAdapter):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens.to(self.device))
 
-    @property  # type: ignore[override]
+    @property
     def tokenizer(self) -> Any:
         return getattr(self.model, "tokenizer", None)
 
@@ -316,7 +316,11 @@ _WRITTEN: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tens
 
 def _remember(hf: torch.Tensor, key: tuple[Any, ...], tl: torch.Tensor) -> None:
     ident = id(hf)
-    _WRITTEN[ident] = (weakref.ref(hf, lambda _r, ident=ident: _WRITTEN.pop(ident, None)), key, tl)
+
+    def forget(_ref: weakref.ref[torch.Tensor]) -> None:
+        _WRITTEN.pop(ident, None)
+
+    _WRITTEN[ident] = (weakref.ref(hf, forget), key, tl)
 
 
 # Per model, per forward pass: the mean (over d_model, [batch, pos, 1]) that TransformerLens's residual stream has
@@ -431,7 +435,8 @@ class HuggingFaceAdapter(ModelAdapter):
         hook_arg = site if not isinstance(site, str) else hf
         key = (hf.module_path, hf.side, hf.center, hf.heads, hf.value_bias is not None, hf.norm is not None)
         model_cls = type(self.hf_model).__name__
-        state = _STREAM_MEAN.setdefault(self.hf_model, {"mean": None}) if hf.center else {"mean": None}
+        fresh: dict[str, torch.Tensor | None] = {"mean": None}
+        state = _STREAM_MEAN.setdefault(self.hf_model, fresh) if hf.center else fresh
 
         if hf.side == "output":
             def fwd_hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:

@@ -165,7 +165,7 @@ def _ct_source(src: Path, jobs: list[tuple[Path, str]], dtype: torch.dtype | str
     read, each with its sha256 being computed."""
     from sae_hub.files import dtype_to_str
     from sae_hub.loading import get_loader, load_local
-    from sae_hub.multilayer import MultiLayerDictionary, _layer_of
+    from sae_hub.multilayer import MultiLayerDictionary, layer_of
     from sae_hub.sae import SAE
 
     loaders = [get_loader(fmt) for _, fmt in jobs]
@@ -201,7 +201,7 @@ def _ct_source(src: Path, jobs: list[tuple[Path, str]], dtype: torch.dtype | str
                 saes.append(circuit_tracer_ready(SAE.from_state_dict(cfg, tensors, dtype=dtype, source=where)))
             except IncompatibleSaveError as e:
                 raise IncompatibleSaveError(e.message, path=path, field=e.field) from None
-        layers = [_layer_of(s.cfg.hook_name) for s in saes]
+        layers = [layer_of(s.cfg.hook_name) for s in saes]
         if len(saes) > 1 and None in layers:
             bad = layers.index(None)
             raise IncompatibleSaveError(f"cannot tell which layer this SAE reads (hook_name "

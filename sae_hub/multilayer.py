@@ -73,8 +73,8 @@ if TYPE_CHECKING:
     from sae_hub.sae import SAE
 
 __all__ = ["KINDS", "MULTILAYER_ARCHITECTURES", "CrossCoder", "CrossCoderConfig", "MultiLayerConfig",
-           "MultiLayerDictionary", "circuit_tracer_files", "crosscoder_param_shapes", "multilayer_param_shapes",
-           "save_circuit_tracer"]
+           "MultiLayerDictionary", "circuit_tracer_files", "crosscoder_param_shapes", "layer_of",
+           "multilayer_param_shapes", "save_circuit_tracer"]
 
 KINDS = ("transcoder_set", "clt")
 MULTILAYER_ARCHITECTURES = ("relu", "jumprelu", "topk")
@@ -444,7 +444,7 @@ class MultiLayerDictionary(nn.Module):
             if c.architecture == "jumprelu" and bool((sae.get_parameter("threshold") < 0).any()):
                 raise UnsupportedSAEError(f"SAE {n} has a negative threshold (relu(z)*(z>t) differs from z*(z>t))",
                                           field="threshold")
-        found = [_layer_of(s.cfg.hook_name) for s in saes]
+        found = [layer_of(s.cfg.hook_name) for s in saes]
         if layers is not None:
             at = [int(x) for x in layers]
         elif all(x is not None for x in found) and len(set(found)) == len(found):
@@ -714,7 +714,8 @@ def _validated(expected: dict[str, tuple[int, ...]], state_dict: Mapping[str, to
     return {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
 
 
-def _layer_of(hook: str | None) -> int | None:
+def layer_of(hook: str | None) -> int | None:
+    """The block index in a TransformerLens hook name (``blocks.3.mlp.hook_in`` -> 3), or None."""
     if hook and hook.startswith("blocks."):
         head = hook.split(".")[1]
         if head.isdigit():

@@ -438,14 +438,14 @@ def run_with_saes(
     with torch.no_grad():
         if splice:
             with _splice(adapter, named, use_error_term=use_error_term) as handle:
-                logits = adapter.forward(tokens)
+                spliced_logits = adapter.forward(tokens)
             missing = [k for k in named if k not in handle.features]
             _check_fired(named, missing)
             feats: dict[str, Any] = {}
             for key, sae in named.items():
                 f = handle.features[key].detach()
                 feats[key] = _to_sparse(sae, f) if sparse else f
-            return logits, feats
+            return spliced_logits, feats
 
         _check_sites(adapter, named)
         feats = {}
