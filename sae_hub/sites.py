@@ -284,6 +284,10 @@ def hf_hook_rule(family: Family, hook_name: str, *, parallel_residual: bool = Fa
         return Rule(at(f.ln1), "output", "normalized", layer)
     if rest == "ln2.hook_normalized":
         return Rule(at(f.ln2), "output", "normalized", layer)
+    if rest == "mlp.hook_in":  # circuit-tracer / TL4 bridge: what the MLP module is called with (after ln2's weights)
+        return Rule(at(f.mlp), "input", "plain", layer)
+    if rest == "mlp.hook_out":  # what the MLP module returns (before a post-feedforward norm, where a family has one)
+        return Rule(at(f.mlp), "output", "plain", layer)
     if rest == "mlp.hook_post":
         if f.moe:
             raise _no_site(hook_name, f, [at(f.mlp)], "a mixture-of-experts MLP has no single hidden activation")

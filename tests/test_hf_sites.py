@@ -232,3 +232,27 @@ def test_zz_print_parity():
         worst[family] = max(worst.get(family, 0.0), err)
     print("\nmax |HF site - TL hook| feature error per family:", {k: f"{v:.1e}" for k, v in worst.items()})
     assert all(v <= 1e-5 for v in worst.values())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+def test_mlp_module_input_and_output_sites(root, family):
+    """circuit-tracer's transcoder hooks ``blocks.L.mlp.hook_in`` / ``mlp.hook_out`` are the MLP module's own input
+    (after the second norm's weights) and output (before any post-feedforward norm): read here with plain torch
+    hooks on the module, independently of sae_hub.sites."""
+    fam = tiny_family(family, root)
+    hf, tokens = fam["hf"], fam["bridge"].to_tokens(TEXT)
+    mlp = dict(hf.named_modules())[next(n for n, _ in hf.named_modules() if re.search(r"(h|layers)\.1\.mlp$", n))]
+    seen: dict[str, torch.Tensor] = {}
+    h1 = mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("in", a[0].detach().clone()))
+    h2 = mlp.register_forward_hook(lambda m, a, o: seen.__setitem__("out", o.detach().clone()))
+    try:
+        with torch.no_grad():
+            hf(input_ids=tokens)
+    finally:
+        h1.remove()
+        h2.remove()
+    d = seen["in"].shape[-1]
+    for hook, ref in (("blocks.1.mlp.hook_in", seen["in"]), ("blocks.1.mlp.hook_out", seen["out"])):
+        sae = make_sae(hook, d)
+        _, feats = run_with_saes(hf, tokens, sae)
+        torch.testing.assert_close(feats[hook], sae.encode(ref), atol=1e-6, rtol=1e-5)
