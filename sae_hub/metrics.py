@@ -57,7 +57,7 @@ class FVUAccumulator:
         x2 = x.reshape(-1, x.shape[-1]).double()
         r2 = (x2 - x_hat.reshape(-1, x.shape[-1]).double()).pow(2).sum()
         sx, sxx = x2.sum(0), x2.pow(2).sum(0)
-        if self.sum_x is None:
+        if self.sum_x is None or self.sum_x2 is None or self.sum_r2 is None:
             self.sum_x, self.sum_x2, self.sum_r2 = sx, sxx, r2
         else:
             self.sum_x += sx

@@ -350,7 +350,7 @@ class MultiLayerDictionary(nn.Module):
         self._check_input(x, layer)
         return (x.float() @ self.W_skip[t].float().T).to(self.dtype)
 
-    def forward(self, inputs: Mapping[int, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor  # type: ignore[override]
+    def forward(self, inputs: Mapping[int, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor
                 ) -> dict[int, torch.Tensor]:
         """Predicted outputs of every target layer from the inputs of every layer (skip terms included)."""
         xs = self._by_layer(inputs, "inputs")
@@ -649,7 +649,7 @@ class CrossCoder(nn.Module):
         fs = self._sites(features, "features", self.cfg.d_sae)
         return [(f.float() @ self.W_dec[h].float() + self.b_dec[h].float()).to(self.dtype) for h, f in enumerate(fs)]
 
-    def forward(self, inputs: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+    def forward(self, inputs: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         return self.decode(self.encode(inputs))
 
     @classmethod
