@@ -22,9 +22,11 @@ features at cosine > 0.9, F1 of firing, FVU, L0, dead fraction. Goal (issue 16):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,14 +41,21 @@ class Recording:
     """``samples`` tokens of ``data`` (stream seed 0, chunks 0, 1, ...) kept as sparse codes (~60 bytes a token
     instead of 4·d), replayed as dense batches in the same order for any batch size."""
 
-    def __init__(self, data: SyntheticActivations, samples: int) -> None:
-        self.data, self.chunks = data, []
+    def __init__(self, data: SyntheticActivations, samples: int, cache: str | None = None) -> None:
+        self.data, self.chunks, self.samples = data, [], samples
+        name = f"recording_{data.n_features}x{data.d}_{samples}_{_fingerprint(data)}.pt"
+        path = Path(cache) / name if cache else None
+        if path is not None and path.exists():  # generating 5M realistic tokens takes minutes on a busy box
+            self.chunks = torch.load(path, weights_only=True)
+            return
         for j in range((samples + CHUNK - 1) // CHUNK):
             codes = data.sample_with_codes(CHUNK, seed=0, index=j)[1]
             rows, cols = codes.nonzero(as_tuple=True)
             offsets = torch.searchsorted(rows, torch.arange(CHUNK))
             self.chunks.append((cols.to(torch.int16), codes[rows, cols], offsets.to(torch.int32)))
-        self.samples = samples
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.chunks, path)
 
     def chunk(self, j: int) -> torch.Tensor:
         cols, vals, offs = self.chunks[j]
@@ -67,6 +76,11 @@ class Recording:
                 yield x[:batch]
                 rest = x[batch:]
                 buf, have = ([rest] if rest.numel() else []), rest.shape[0]
+
+
+def _fingerprint(data: SyntheticActivations) -> str:
+    """A short hash of the generator's dictionary, so a cached recording is never replayed on other features."""
+    return hashlib.sha256(data.features.numpy().tobytes()).hexdigest()[:12]
 
 
 def make_data(name: str) -> SyntheticActivations:
@@ -124,7 +138,9 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="defaults over widths 512/2048 x k 5/10 x both datasets")
     ap.add_argument("--override", default="", help="TrainConfig overrides for the sae-hub runs, e.g. lr=1e-3,bat"
                                                    "ch_size=1024 (to study defaults; the table says so)")
+    ap.add_argument("--cache", default="", help="folder to keep recorded streams in (reused when present)")
     args = ap.parse_args()
+    cache = args.cache or None
     overrides: dict[str, Any] = {}
     for kv in filter(None, args.override.split(",")):
         key, val = kv.split("=")
@@ -137,7 +153,7 @@ def main() -> None:
     if args.grid:
         for dname in ("toy", "realistic"):
             data = make_data(dname)
-            rec = Recording(data, args.samples)
+            rec = Recording(data, args.samples, cache)
             print(f"\n{dname}: {data.n_features} features in d={data.d}, true L0 {data.true_l0():.2f}\n{HEADER}")
             for d_sae in (512, 2048):
                 for k in (5, 10):
@@ -147,7 +163,7 @@ def main() -> None:
         return
     data = make_data(args.data)
     t = time.perf_counter()
-    rec = Recording(data, args.samples)
+    rec = Recording(data, args.samples, cache)
     print(f"{args.data}: {data.n_features} features in d={data.d}, true L0 {data.true_l0():.2f}; recorded in "
           f"{time.perf_counter() - t:.0f} s; SAE width {args.d_sae}, k={args.k}\n\n{HEADER}")
     for arch in args.arch.split(","):

@@ -608,6 +608,22 @@ def test_default_batch_size_follows_the_run_length():
     assert tr.cfg.batch_size == 1024 and tr.cfg.steps == 49
 
 
+def test_default_dead_window_follows_the_run_length_so_auxk_engages_in_short_runs():
+    """The dead window was a fixed 10M tokens: in a run of a few million tokens no latent was ever 'dead', so AuxK
+    never switched on (a 1M-sample realistic run gave bit-identical results with auxk_alpha 1/32 and 1)."""
+    assert TrainConfig(d_in=8, total_tokens=5_000_000).resolved(steps=4883).dead_window_tokens == 500_019
+    assert TrainConfig(d_in=8, total_tokens=10**10).resolved(steps=10**10 // 4096).dead_window_tokens == 10_000_000
+    assert TrainConfig(d_in=8).resolved().dead_window_tokens == 10_000_000  # unknown length
+    assert TrainConfig(d_in=8, dead_window_tokens=640).resolved(steps=10).dead_window_tokens == 640
+    # too many latents for the data's 16 features: some die, and AuxK must get a nonzero loss before the end
+    data = SyntheticActivations(d=16, n_features=16, mean_active=2.0, seed=0)
+    cfg = TrainConfig(architecture="topk", d_sae=256, k=2, total_tokens=200_000, device="cpu", log_every=20,
+                      num_threads=1)
+    sae = train_sae(cfg, data, progress=False)
+    assert sae.cfg.extra["training"]["dead_window_tokens"] == 102_400  # 100 batches of 1024 (> a tenth of 200k)
+    assert any(e["aux"] > 0 for e in sae.training_log)
+
+
 def test_thread_tuner_keeps_the_fastest_count_and_the_run_restores_the_users():
     from sae_hub.training.trainer import ThreadTuner
 

@@ -259,7 +259,8 @@ class Trainer:
                              workspace={})
         self.aux_scale = 0.0
         # per-rank window: the ranks' windows together span dead_window_tokens, in lockstep with one process
-        self.tracker = FiringTracker(cfg.d_sae, window=cfg.dead_window_tokens // self.world_size, device=self.device)
+        window = int(cfg.dead_window_tokens or 10_000_000)  # always set by resolved()
+        self.tracker = FiringTracker(cfg.d_sae, window=window // self.world_size, device=self.device)
         self.step_no, self.tokens = 0, 0
         # batchtopk: running (bias-corrected EMA) estimate of the batch threshold, the k·B-th largest activation
         # of each step; the saved jumprelu threshold when no calibration set is given (see calibrate_threshold)
