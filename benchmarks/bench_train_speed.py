@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from sae_hub.training.kernels import fast_bf16
 from sae_hub.training.trainer import ThreadTuner, TrainConfig, Trainer
 
 Step = Callable[[torch.Tensor], None]
@@ -108,7 +109,8 @@ def bench(d: int, n: int, k: int, batch: int, device: torch.device, rounds: int,
           saelens: bool) -> tuple[dict[str, list[float]], str, Trainer]:
     """Per-round rates (tokens/s) of every contender, the default trainer's encoder precision, and its Trainer."""
     xs = [torch.randn(batch, d, device=device) for _ in range(4)]
-    default_bf16 = bool(TrainConfig().encoder_bf16)
+    default_bf16 = TrainConfig().encoder_bf16
+    default_bf16 = fast_bf16(device) if default_bf16 is None else default_bf16  # what the trainer resolves
     others: dict[str, Step] = {}
     if alt:
         others[f"sae-hub encoder_bf16={not default_bf16}"] = trainer_step_fn(

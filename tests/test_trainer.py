@@ -699,3 +699,30 @@ def test_run_gives_the_gemm_all_threads_while_the_tuner_sets_the_rest():
         tr.run()
         assert tr.sel.gemm_threads == 0 and torch.get_num_threads() == 2
     assert seen == [(2, 2)] * 3 + [(0, 1)] * 3
+
+
+def test_encoder_bf16_default_is_on_only_where_bf16_is_fast_and_is_recorded_resolved():
+    """encoder_bf16=None (the default) resolves to fast_bf16(device) for topk/batchtopk with float32 master
+    weights from d_in·d_sae = 2**22 on, False otherwise; an explicit value is kept; the resolved value is what
+    the run records."""
+    from pathlib import Path
+
+    from sae_hub.training.kernels import fast_bf16
+
+    data = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    fast = fast_bf16(torch.device("cpu"))
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    if "flags" in flags:  # an independent reading of the CPU's capability
+        assert fast == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    for kw, want in (({}, fast), ({"architecture": "batchtopk"}, fast), ({"dtype": "float64"}, False),
+                     ({"architecture": "relu", "k": None}, False), ({"encoder_bf16": False}, False),
+                     ({"d_sae": 2**14 - 1}, False), ({"d_sae": 16, "encoder_bf16": True}, True)):
+        cfg = TrainConfig(**{"architecture": "topk", "d_sae": 2**14, "k": 2, "batch_size": 32, "steps": 2,
+                             "device": "cpu", **kw})
+        tr = Trainer(cfg, data, progress=False)
+        assert tr.cfg.encoder_bf16 is want and tr.sel.bf16 is want, kw
+    small = SyntheticActivations(d=8, n_features=16, seed=0)
+    sae = train_sae(TrainConfig(architecture="topk", d_sae=16, k=2, batch_size=32, steps=2, device="cpu"), small,
+                    progress=False)
+    assert sae.cfg.extra["training"]["encoder_bf16"] is False

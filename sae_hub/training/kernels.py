@@ -69,6 +69,7 @@ __all__ = [
     "Selection",
     "SparseDecode",
     "SparseEncode",
+    "fast_bf16",
     "normalise_rows_",
     "remove_parallel_component_",
     "sparse_decode",
@@ -124,6 +125,26 @@ def _threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 GEMMs at about twice the fp32 rate: CUDA with bf16, or a CPU with AVX512-BF16
+    or AMX (oneDNN's bf16 kernels). Elsewhere bf16 is emulated and slower than fp32, so the trainer's default
+    (``encoder_bf16=None``) keeps fp32 there."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _buffer(ws: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, ...], like: torch.Tensor,

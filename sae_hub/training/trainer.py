@@ -68,6 +68,7 @@ from sae_hub.training.kernels import (
     Selection,
     SparseDecode,
     SparseEncode,
+    fast_bf16,
     normalise_rows_,
     remove_parallel_component_,
     sparse_decode,
@@ -82,6 +83,9 @@ __all__ = ["TensorSource", "TrainConfig", "Trainer", "latest_checkpoint", "spars
 
 # ====================================================================== what the data says
 
+# encoder_bf16=None turns the bf16 encoder GEMM on from this many encoder weights (d_in·d_sae; 256 x 16384): below
+# it the GEMM is a minor part of the step, and small runs (tests, tutorials) stay identical on every CPU
+_BF16_MIN_WEIGHTS = 2**22
 _THETA_DECAY = 0.99  # batchtopk's running threshold estimate: an EMA with a horizon of ~100 steps
 _THETA_HORIZON = 100
 
@@ -248,6 +252,11 @@ class Trainer:
         self.local_batch = cfg.batch_size // self.world_size
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype.removeprefix("torch."))
+        if cfg.encoder_bf16 is None:  # the default: bf16 encoder GEMM where it is fast (recorded resolved)
+            self.cfg = cfg = dataclasses.replace(cfg, encoder_bf16=cfg.architecture in ("topk", "batchtopk")
+                                                 and self.dtype == torch.float32
+                                                 and int(cfg.d_in or 0) * cfg.d_sae >= _BF16_MIN_WEIGHTS
+                                                 and fast_bf16(self.device))
         self.callbacks, self.progress = tuple(callbacks), progress
         self.params = _Params(cfg, self.device, self.dtype)
         self.opt = torch.optim.Adam(self.params.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
@@ -255,7 +264,7 @@ class Trainer:
         self.sparse = cfg.architecture in ("topk", "batchtopk")
         self.unit_norm_decoder = cfg.architecture != "relu"
         self.sel = Selection(k=int(cfg.k or 0), batch_level=cfg.architecture == "batchtopk",
-                             max_per_token=int(cfg.batchtopk_max_per_token or 0), bf16=cfg.encoder_bf16,
+                             max_per_token=int(cfg.batchtopk_max_per_token or 0), bf16=bool(cfg.encoder_bf16),
                              workspace={})
         self.aux_scale = 0.0
         # per-rank window: the ranks' windows together span dead_window_tokens, in lockstep with one process
