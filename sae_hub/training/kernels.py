@@ -255,7 +255,7 @@ class SparseEncode(torch.autograd.Function):
         out = _buffer(sel.workspace, "pre", (x.shape[0], W_encT.shape[0]), x, dt)  # [B, n]
         av = ai = None
         with _threads(sel.gemm_threads):  # the [B, n] work: one GEMM, row-wise topks
-            pre = torch.addmm(b_enc.to(dt), xc.to(dt), w.t(), **({"out": out} if out is not None else {}))  # z
+            pre = torch.addmm(b_enc.to(dt), xc.to(dt), w.t(), out=out)  # [B, n] z (out=None: fresh)
             vals, lat, offs = _select(pre, sel)  # [M], [M], [B]
             if sel.dead_idx is not None and sel.k_aux > 0:
                 av, ai = pre.index_select(1, sel.dead_idx).topk(sel.k_aux, dim=-1, sorted=False)  # [B, k_aux]
