@@ -4,7 +4,7 @@
 Usage (from the repository root, with nothing but Python >= 3.10):
 
     python3 .ci/bootstrap.py demo    # create .venv, install sae-hub[analysis], run `sae-hub demo`
-    python3 .ci/bootstrap.py test    # create .venv, install sae-hub[test], run ruff and pytest; then the
+    python3 .ci/bootstrap.py test    # create .venv, install sae-hub[test], run ruff, mypy and pytest; then the
                                      # SAELens compat suite in .venv-compat, the circuit-tracer suite in
                                      # .venv-ct and the core-only suite in .venv-core
     python3 .ci/bootstrap.py ct      # only the circuit-tracer environment and its suite
@@ -191,6 +191,7 @@ def main() -> int:
     elif job == "test":
         py = ensure_venv("test")
         run(py, "-m", "ruff", "check", ".")
+        run(py, "-m", "mypy")  # [tool.mypy] in pyproject.toml: files = ["sae_hub"]
         # pytest exits 5 when it collects nothing; check=True turns that (and any failure) into an error.
         run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sys.argv[2:])
         if not sys.argv[2:]:

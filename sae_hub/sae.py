@@ -79,6 +79,7 @@ class SAE(nn.Module):
     b_mag: nn.Parameter
     threshold: nn.Parameter
     W_skip: nn.Parameter
+    training_log: list[dict[str, Any]]  # set by the trainer on the SAEs it returns (also in cfg.extra)
 
     def __init__(self, cfg: SAEConfig, *, device: str | torch.device | None = None,
                  dtype: torch.dtype | str | None = None,

@@ -38,7 +38,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.distributed as dist
@@ -95,9 +95,9 @@ def _infer_length(source: Any, cfg: TrainConfig) -> int | None:
     if cfg.steps is not None:
         return cfg.steps
     if cfg.total_tokens is not None:
-        return math.ceil(cfg.total_tokens / cfg.batch_size)
+        return math.ceil(cfg.total_tokens / cfg.default_batch_size())
     rows = source_rows(source)
-    return rows // cfg.batch_size if rows is not None else None
+    return rows // cfg.default_batch_size() if rows is not None else None
 
 
 _RECORDED = ("model_name", "hook_name", "dataset_path", "context_size", "prepend_bos")
@@ -246,10 +246,10 @@ class Trainer:
         self.cfg = cfg.resolved(d_in=source_width(self.source), steps=_infer_length(self.source, cfg))
         cfg = self.cfg
         self.metadata, self._extra_metadata = _recorded_metadata(cfg, self.source)
-        if cfg.batch_size % self.world_size:
+        if cfg.default_batch_size() % self.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is the global batch; it must divide by world_size "
                               f"{self.world_size}", field="batch_size")
-        self.local_batch = cfg.batch_size // self.world_size
+        self.local_batch = cfg.default_batch_size() // self.world_size
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype.removeprefix("torch."))
         if cfg.encoder_bf16 is None:  # the default: bf16 encoder GEMM where it is fast (recorded resolved)
@@ -259,8 +259,8 @@ class Trainer:
                                                  and fast_bf16(self.device))
         self.callbacks, self.progress = tuple(callbacks), progress
         self.params = _Params(cfg, self.device, self.dtype)
-        self.opt = torch.optim.Adam(self.params.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                    **fused_adam_kwargs(self.device))
+        self.opt = torch.optim.Adam(self.params.parameters(), lr=cast(float, cfg.lr), betas=cfg.adam_betas,
+                                    eps=cfg.adam_eps, **fused_adam_kwargs(self.device))
         self.sparse = cfg.architecture in ("topk", "batchtopk")
         self.unit_norm_decoder = cfg.architecture != "relu"
         self.sel = Selection(k=int(cfg.k or 0), batch_level=cfg.architecture == "batchtopk",
@@ -384,7 +384,7 @@ class Trainer:
         decay = min(1.0, (steps - step) / decay_steps) if decay_steps else 1.0
         coef = cfg.l1_coefficient if cfg.architecture == "relu" else cfg.l0_coefficient
         sw = cfg.sparsity_warmup_steps
-        return float(cfg.lr) * warm * decay, coef * (min(1.0, (step + 1) / sw) if sw else 1.0)
+        return cast(float, cfg.lr) * warm * decay, coef * (min(1.0, (step + 1) / sw) if sw else 1.0)
 
     def _refresh_dead(self) -> None:
         """Recompute the AuxK dead set (one host read, every ``dead_window_tokens / 10`` tokens)."""
@@ -433,7 +433,7 @@ class Trainer:
         it = self.source.batches(self.local_batch, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
                                  start=self.step_no)
         if ckpt is None:
-            first = list(itertools.islice(it, max(1, math.ceil(cfg.init_tokens / cfg.batch_size))))
+            first = list(itertools.islice(it, max(1, math.ceil(cfg.init_tokens / cfg.default_batch_size()))))
             if not first:
                 raise ValueError("the activations are empty")
             self.initialise(first)
@@ -492,7 +492,7 @@ class Trainer:
         sparsity = self.log10_density()
         if out and self.rank == 0:
             sae.save_pretrained(out, sparsity=sparsity)
-        sae.training_log = self.log  # type: ignore[attr-defined]  # the scalar log, also in cfg.extra["metrics"]
+        sae.training_log = self.log  # the scalar log, also in cfg.extra["metrics"]
         return sae
 
     def _log_metrics(self, bar: Any) -> None:
