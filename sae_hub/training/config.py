@@ -48,9 +48,9 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     max_grad_norm: float | None = None  # None: 1.0 for relu (Anthropic), no clipping otherwise
-    # None: 4096, halved (down to 512) while a run of known length would have fewer than 5000 steps: short runs
-    # need optimiser steps more than big batches (5M samples: MCC 0.39 at 4096 vs 0.58 at 1024, same lr; 1M
-    # realistic samples, current defaults: 0.712 at 1024, 0.727 at 512, 0.708 at 256 with 15% dead).
+    # None: 4096, halved (down to 1024) while a run of known length would have fewer than 5000 steps: short runs
+    # need optimiser steps more than big batches (5M samples: MCC 0.39 at 4096 vs 0.58 at 1024, same lr). Not
+    # lower: 512 won at 1M samples (0.727 vs 0.712) but lost at the 5M benchmark (0.722 vs 0.742).
     batch_size: int | None = None
     steps: int | None = None
     total_tokens: int | None = None
@@ -130,13 +130,13 @@ class TrainConfig:
 
     def default_batch_size(self, rows: int | None = None) -> int:
         """``batch_size``, or its default for a run of ``total_tokens`` (else ``rows``, one pass) tokens: 4096,
-        halved down to 512 while that would give fewer than 5000 steps; 4096 when the length is unknown or given
+        halved down to 1024 while that would give fewer than 5000 steps; 4096 when the length is unknown or given
         in steps."""
         if self.batch_size is not None:
             return int(self.batch_size)
         tokens = self.total_tokens if self.total_tokens is not None else (rows if self.steps is None else None)
         batch = 4096
-        while tokens is not None and batch > 512 and tokens / batch < 5000:
+        while tokens is not None and batch > 1024 and tokens / batch < 5000:
             batch //= 2
         return batch
 
