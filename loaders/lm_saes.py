@@ -249,7 +249,8 @@ def _lookup_norms(hooks: tuple[str, str], sd: dict[str, torch.Tensor], cfg_json:
     return out[0], out[1]
 
 
-def _model_name(folder: Path) -> str | None:
+def model_name_of(folder: Path) -> str | None:
+    """The model a checkpoint folder's ``lm_config.json`` names, if it has one (also read by the multi-layer loader)."""
     p = folder / LM_CONFIG
     if not p.is_file():
         return None
@@ -532,7 +533,7 @@ def _finish(raw: _Dict, f: dict[str, Any], d: int, d_sae: int, norm_kind: str, k
         architecture=arch, d_in=d, d_sae=d_sae, d_out=d, k=k, apply_b_dec_to_input=center,
         normalize_activations=norm_kind, dtype=str(dtype).removeprefix("torch."),
         hook_name=f["hook_in"], hook_name_out=f["hook_out"] if transcoder else None,
-        model_name=_model_name(folder),
+        model_name=model_name_of(folder),
         extra={"lm_saes": {"era": raw.era, "act_fn": act, "norm_activation": f["norm"],
                            "sparsity_include_decoder_norm": f["sidn"], "top_k": f["top_k"]}},
         **kwargs,
@@ -711,7 +712,7 @@ def _load_era_a(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Te
         architecture=act, d_in=d, d_sae=d_sae, d_out=d, k=f["top_k"] if act == "topk" else None,
         apply_b_dec_to_input=center, normalize_activations=norm_kind, dtype=str(dtype).removeprefix("torch."),
         hook_name=f["hook_in"], hook_name_out=f["hook_out"] if transcoder else None,
-        model_name=_model_name(folder),
+        model_name=model_name_of(folder),
         extra={"lm_saes": {"era": "A", "act_fn": f["act_fn"], "norm_activation": f["norm"],
                            "sparsity_include_decoder_norm": f["sidn"], "top_k": f["top_k"]}},
     )

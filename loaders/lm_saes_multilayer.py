@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_hub.loaders.lm_saes import model_name_of
 
 from sae_hub.errors import ConfigError, SaeHubError, ShapeMismatchError, UnsupportedSAEError
 from sae_hub.files import read_json, read_safetensors, read_safetensors_header
@@ -203,18 +204,6 @@ def _scales(cfg: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Tensor], we
     return out
 
 
-def _model_name(folder: Path) -> str | None:
-    p = folder / LM_CONFIG
-    if not p.is_file():
-        return None
-    try:
-        d = read_json(p)
-    except SaeHubError:
-        return None
-    name = d.get("model_name") if isinstance(d, dict) else None
-    return str(name) if name else None
-
-
 def _dims(cfg: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Tensor], weights: Path, n: int) -> tuple[int, int]:
     """``(d_model, d_sae)``: ``d_model`` from the config, ``d_sae`` from ``W_E`` (checked against
     ``expansion_factor`` / ``d_sae`` when the config gives them)."""
@@ -342,7 +331,7 @@ def load_clt(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dic
         layers = list(range(n))
     mcfg = MultiLayerConfig(kind="clt", layers=[int(x) for x in layers if x is not None], d_in=d_model,
                             d_sae=d_sae, architecture=act, k=_get(cfg, "top_k", int, cfg_path) if act == "topk"
-                            else None, dtype=str(dtype).removeprefix("torch."), model_name=_model_name(folder),
+                            else None, dtype=str(dtype).removeprefix("torch."), model_name=model_name_of(folder),
                             hook_names_in=list[str | None](hin), hook_names_out=list[str | None](hout))
     mcfg.provenance.source_format = "llamascopium-clt"
     mcfg.provenance.conversions.extend(conversions)
@@ -397,7 +386,7 @@ def load_crosscoder(path: Path, options: dict[str, Any]) -> tuple[CrossCoderConf
                            "b_dec.h /= s_h, s = sqrt(d_model)/dataset_average_norm")
     ccfg = CrossCoderConfig(n_sites=n, d_in=d_model, d_sae=d_sae, architecture=act,
                             dtype=str(dtype).removeprefix("torch."), hook_names=list[str | None](hooks),
-                            model_names=[_model_name(folder)] * n)
+                            model_names=[model_name_of(folder)] * n)
     ccfg.provenance.source_format = "llamascopium-crosscoder"
     ccfg.provenance.conversions.extend(conversions)
     return ccfg, tensors
