@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "CrossCoder": "sae_hub.multilayer",
     "CrossCoderConfig": "sae_hub.multilayer",
     "splice_replacement": "sae_hub.replacement",
+    "from_pretrained": "sae_hub.pretrained",
 }
 _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from sae_hub.multilayer import CrossCoderConfig as CrossCoderConfig
     from sae_hub.multilayer import MultiLayerConfig as MultiLayerConfig
     from sae_hub.multilayer import MultiLayerDictionary as MultiLayerDictionary
+    from sae_hub.pretrained import from_pretrained as from_pretrained
     from sae_hub.releases import list_releases as list_releases
     from sae_hub.releases import list_saes as list_saes
     from sae_hub.replacement import splice_replacement as splice_replacement

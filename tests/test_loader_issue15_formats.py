@@ -214,3 +214,21 @@ def test_one_file_of_a_transcoder_set_release_fetches_only_it(hub):
     sae = SAE.from_pretrained("t-plt", "layer_1")
     assert _resolved(hub) == ["layer_1.safetensors"]
     assert sae.cfg.hook_name == "blocks.1.mlp.hook_in" and sae.cfg.hook_name_out == "blocks.1.hook_mlp_out"
+
+
+def test_top_level_from_pretrained_returns_the_class_the_release_holds(hub):
+    """sae_hub.from_pretrained(release, id): the multi-layer object for a CLT release, an SAE for one layer."""
+    repo = "test-org/clt-top"
+    _seed_clt(hub, repo)
+    sae_hub.registry.add({"releases": [
+        {"name": "t-top-clt", "model": "m", "repo_id": repo, "format": "circuit-tracer-clt", "kind": "clt",
+         "saes": [{"id": "all", "path": "."}]},
+        {"name": "t-top-layer", "model": "m", "repo_id": repo, "format": "clt-source-layer", "kind": "clt",
+         "saes": [{"id": "layer_1", "path": "1", "options": {"layer": 1},
+                   "files": ["W_enc_1.safetensors", "W_dec_1.safetensors", "config.yaml"]}]}]})
+    whole = sae_hub.from_pretrained("t-top-clt", "all")
+    assert isinstance(whole, MultiLayerDictionary) and whole.cfg.kind == "clt"
+    one = sae_hub.from_pretrained("t-top-layer", "layer_1", clt_decoder="sum")
+    assert isinstance(one, SAE)
+    x = torch.randn(4, one.cfg.d_in)
+    torch.testing.assert_close(whole.encode(1, x), one.encode(x), atol=1e-6, rtol=1e-6)

@@ -1,0 +1,46 @@
+"""``sae_hub.from_pretrained(release, sae_id)``: whatever dictionary a release holds, in the class that computes it.
+
+``SAE.from_pretrained`` always returns an :class:`~sae_hub.sae.SAE` (callers such as splicing and conversion rely
+on that) and refuses a release of transcoder sets or cross-layer transcoders; ``MultiLayerDictionary.from_pretrained``
+loads those. This function is the one-line entry point for a notebook that does not want to know which it is: the
+release's format, read from the release table before any I/O, decides which class loads it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sae_hub.multilayer import CrossCoder, MultiLayerDictionary
+    from sae_hub.sae import SAE
+
+__all__ = ["from_pretrained"]
+
+
+def from_pretrained(release: str, sae_id: str, *, revision: str | None = None, format: str | None = None,
+                    **kwargs: Any) -> SAE | MultiLayerDictionary | CrossCoder:
+    """Load ``sae_id`` of ``release`` (or of a Hub repo id): an :class:`SAE` for a single layer, a
+    :class:`~sae_hub.multilayer.MultiLayerDictionary` for a transcoder set or CLT release.
+
+    ``kwargs`` are those of ``SAE.from_pretrained`` (``device``, ``dtype``, ``force_download``,
+    ``local_files_only``, loader options).
+    """
+    from sae_hub.loading import get_loader
+    from sae_hub.releases import locate
+
+    src = locate(release, sae_id, revision=revision, format=format)
+    kind = get_loader(src.format).kind if src.format is not None else "sae"
+    if kind == "multilayer":
+        from sae_hub.multilayer import MultiLayerDictionary
+
+        return MultiLayerDictionary.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
+    if kind == "crosscoder":
+        from sae_hub.errors import UnsupportedSAEError
+
+        raise UnsupportedSAEError("crosscoder releases load from disk only so far: "
+                                  "sae_hub.CrossCoder.load_from_disk(path)", path=f"hf://{src.label}",
+                                  field="format")
+    from sae_hub.sae import SAE
+
+    return SAE.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
+
