@@ -164,8 +164,9 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return dict(sd), ({"version": str(version)} if version is not None else {})
 
 
-def _get(d: dict[str, Any], name: str, types: type | tuple[type, ...], path: Path, default: Any = ...) -> Any:
-    """``d[name]`` checked against ``types`` (a bool is not an int here); missing -> default or ConfigError."""
+def checked_field(d: dict[str, Any], name: str, types: type | tuple[type, ...], path: Path, default: Any = ...) -> Any:
+    """``d[name]`` checked against ``types`` (a bool is not an int here); missing -> default or ConfigError.
+    Shared with the multi-layer llamascopium loader, whose configs use the same conventions."""
     if name not in d or d[name] is None:
         if default is ...:
             raise ConfigError(f"missing required field {name!r}", path=path, field=name)
@@ -355,19 +356,19 @@ _GLU_REASON = ("GLU encoders (use_glu_encoder: z *= sigmoid(x @ W_E_glu + b_E_gl
 
 
 def _common_fields(cfg_json: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
-    d_model = _get(cfg_json, "d_model", int, cfg_path)
+    d_model = checked_field(cfg_json, "d_model", int, cfg_path)
     if d_model <= 0:
         raise ConfigError(f"d_model must be positive, got {d_model}", path=cfg_path, field="d_model")
-    hook_in = _get(cfg_json, "hook_point_in", str, cfg_path)
-    hook_out = _get(cfg_json, "hook_point_out", str, cfg_path, default=hook_in)
+    hook_in = checked_field(cfg_json, "hook_point_in", str, cfg_path)
+    hook_out = checked_field(cfg_json, "hook_point_out", str, cfg_path, default=hook_in)
     return {
         "d_model": d_model,
-        "act_fn": str(_get(cfg_json, "act_fn", str, cfg_path, default="relu")).lower(),
-        "norm": _get(cfg_json, "norm_activation", str, cfg_path, default="dataset-wise"),
-        "sidn": _get(cfg_json, "sparsity_include_decoder_norm", bool, cfg_path, default=True),
-        "top_k": _get(cfg_json, "top_k", int, cfg_path, default=50),
-        "use_decoder_bias": _get(cfg_json, "use_decoder_bias", bool, cfg_path, default=True),
-        "pre_bias": _get(cfg_json, "apply_decoder_bias_to_pre_encoder", bool, cfg_path, default=False),
+        "act_fn": str(checked_field(cfg_json, "act_fn", str, cfg_path, default="relu")).lower(),
+        "norm": checked_field(cfg_json, "norm_activation", str, cfg_path, default="dataset-wise"),
+        "sidn": checked_field(cfg_json, "sparsity_include_decoder_norm", bool, cfg_path, default=True),
+        "top_k": checked_field(cfg_json, "top_k", int, cfg_path, default=50),
+        "use_decoder_bias": checked_field(cfg_json, "use_decoder_bias", bool, cfg_path, default=True),
+        "pre_bias": checked_field(cfg_json, "apply_decoder_bias_to_pre_encoder", bool, cfg_path, default=False),
         "hook_in": hook_in,
         "hook_out": hook_out,
     }
@@ -408,7 +409,7 @@ def _load_era_bc(cfg_json: dict[str, Any], cfg_path: Path, sd: dict[str, torch.T
     f = _common_fields(cfg_json, cfg_path)
     _check_act_and_norm(f, cfg_path)
     d = f["d_model"]
-    ef = _get(cfg_json, "expansion_factor", (int, float), cfg_path)
+    ef = checked_field(cfg_json, "expansion_factor", (int, float), cfg_path)
     if not math.isfinite(ef) or ef <= 0:
         raise ConfigError(f"expansion_factor must be a positive finite number, got {ef!r}", path=cfg_path,
                           field="expansion_factor")

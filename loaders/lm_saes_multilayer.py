@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_hub.loaders.lm_saes import model_name_of
+from sae_hub.loaders.lm_saes import checked_field, model_name_of
 
 from sae_hub.errors import ConfigError, SaeHubError, ShapeMismatchError, UnsupportedSAEError
 from sae_hub.files import read_json, read_safetensors, read_safetensors_header
@@ -107,21 +107,8 @@ def detect_crosscoder(path: Path) -> bool:
 # ---------------------------------------------------------------------- shared reading
 
 
-def _get(d: dict[str, Any], name: str, types: type | tuple[type, ...], path: Path, default: Any = ...) -> Any:
-    """``d[name]`` checked against ``types`` (a bool is not an int); missing -> ``default`` or a ConfigError."""
-    if d.get(name) is None:
-        if default is ...:
-            raise ConfigError(f"missing required field {name!r}", path=path, field=name)
-        return default
-    value = d[name]
-    allowed = types if isinstance(types, tuple) else (types,)
-    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-        raise ConfigError(f"field {name!r} has the wrong type: {value!r}", path=path, field=name)
-    return value
-
-
 def _hooks(cfg: dict[str, Any], name: str, path: Path) -> list[str]:
-    hooks = _get(cfg, name, list, path)
+    hooks = checked_field(cfg, name, list, path)
     if not hooks or any(not isinstance(h, str) or not h for h in hooks) or len(set(hooks)) != len(hooks):
         raise ConfigError(f"{name} must be a non-empty list of distinct hook names, got {hooks!r}", path=path,
                           field=name)
@@ -168,7 +155,7 @@ def _scales(cfg: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Tensor], we
             d_model: int, options: dict[str, Any]) -> dict[str, float] | None:
     """``{hook: s}`` with ``s = sqrt(d_model) / norm[hook]`` (float32, as the library's ``compute_norm_factor``)
     for ``dataset-wise``; None for ``inference``; other modes refused."""
-    mode = _get(cfg, "norm_activation", str, cfg_path, default="dataset-wise")
+    mode = checked_field(cfg, "norm_activation", str, cfg_path, default="dataset-wise")
     if mode == "inference":
         return None
     if mode in ("token-wise", "batch-wise"):
@@ -207,7 +194,7 @@ def _scales(cfg: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Tensor], we
 def _dims(cfg: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Tensor], weights: Path, n: int) -> tuple[int, int]:
     """``(d_model, d_sae)``: ``d_model`` from the config, ``d_sae`` from ``W_E`` (checked against
     ``expansion_factor`` / ``d_sae`` when the config gives them)."""
-    d_model = _get(cfg, "d_model", int, cfg_path)
+    d_model = checked_field(cfg, "d_model", int, cfg_path)
     if d_model <= 0:
         raise ConfigError(f"d_model must be positive, got {d_model}", path=cfg_path, field="d_model")
     if "W_E" not in sd:
@@ -228,7 +215,7 @@ def _dims(cfg: dict[str, Any], cfg_path: Path, sd: dict[str, torch.Tensor], weig
 
 
 def _act(cfg: dict[str, Any], cfg_path: Path, what: str, allowed: tuple[str, ...]) -> str:
-    act = str(_get(cfg, "act_fn", str, cfg_path, default="relu")).lower()
+    act = str(checked_field(cfg, "act_fn", str, cfg_path, default="relu")).lower()
     reasons = {
         "layertopk": "one top-k across every layer's features together, which per-layer encoders cannot state",
         "batchtopk": "top-k over the whole batch, also at inference: a token's features depend on its batch",
@@ -271,7 +258,7 @@ def load_clt(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dic
         raise ConfigError(f"hook_points_out has {len(hout)} hooks, hook_points_in {n}: one output per layer",
                           path=cfg_path, field="hook_points_out")
     d_model, d_sae = _dims(cfg, cfg_path, sd, weights, n)
-    sidn = _get(cfg, "sparsity_include_decoder_norm", bool, cfg_path, default=True)
+    sidn = checked_field(cfg, "sparsity_include_decoder_norm", bool, cfg_path, default=True)
     act = _act(cfg, cfg_path, "CLT", ("relu", "jumprelu") if sidn else ("relu", "jumprelu", "topk"))
     W_E = sd["W_E"]
     if not W_E.is_floating_point():
@@ -293,7 +280,7 @@ def load_clt(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dic
     if extra:
         raise ShapeMismatchError(f"decoder group(s) {extra} beyond the {n} layers the config names", path=weights,
                                  field=extra[0])
-    use_bias = _get(cfg, "use_decoder_bias", bool, cfg_path, default=True)
+    use_bias = checked_field(cfg, "use_decoder_bias", bool, cfg_path, default=True)
     b_D = [_tensor(sd, f"b_D.{t}", (d_model,), weights) if use_bias or f"b_D.{t}" in sd
            else torch.zeros(d_model, dtype=dtype) for t in range(n)]
     scales = _scales(cfg, cfg_path, sd, weights, hin + hout, d_model, options)
@@ -330,7 +317,7 @@ def load_clt(path: Path, options: dict[str, Any]) -> tuple[MultiLayerConfig, dic
             any(a >= b for a, b in itertools.pairwise(layers)):  # type: ignore[operator]
         layers = list(range(n))
     mcfg = MultiLayerConfig(kind="clt", layers=[int(x) for x in layers if x is not None], d_in=d_model,
-                            d_sae=d_sae, architecture=act, k=_get(cfg, "top_k", int, cfg_path) if act == "topk"
+                            d_sae=d_sae, architecture=act, k=checked_field(cfg, "top_k", int, cfg_path) if act == "topk"
                             else None, dtype=str(dtype).removeprefix("torch."), model_name=model_name_of(folder),
                             hook_names_in=list[str | None](hin), hook_names_out=list[str | None](hout))
     mcfg.provenance.source_format = "llamascopium-clt"
@@ -363,9 +350,8 @@ def load_crosscoder(path: Path, options: dict[str, Any]) -> tuple[CrossCoderConf
     dtype = W_E.dtype
     b_E = _tensor(sd, "b_E", (n, d_sae), weights)
     W_D = _tensor(sd, "W_D", (n, d_sae, d_model), weights)
-    b_D = _tensor(sd, "b_D", (n, d_model), weights) if "b_D" in sd or _get(cfg, "use_decoder_bias", bool, cfg_path,
-                                                                            default=True) \
-        else torch.zeros(n, d_model, dtype=dtype)
+    use_bias = "b_D" in sd or checked_field(cfg, "use_decoder_bias", bool, cfg_path, default=True)
+    b_D = _tensor(sd, "b_D", (n, d_model), weights) if use_bias else torch.zeros(n, d_model, dtype=dtype)
     scales = _scales(cfg, cfg_path, sd, weights, hooks, d_model, options)
     tensors: dict[str, torch.Tensor] = {}
     for h in range(n):
