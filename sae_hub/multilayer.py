@@ -523,10 +523,14 @@ class MultiLayerDictionary(nn.Module):
         class. Only the files the format reads are fetched; weights stay memory-mapped. The release table's
         model name and release are recorded (its hook facts are per-SAE and do not apply to a multi-layer set)."""
         from sae_hub import hub
-        from sae_hub.loading import load_local
+        from sae_hub.loading import get_loader, load_local
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
+        if src.format is not None and get_loader(src.format).kind == "crosscoder":
+            raise UnsupportedSAEError(f"{release!r} / {sae_id!r} is a crosscoder (format {src.format!r}): load it "
+                                      f"with sae_hub.CrossCoder.from_pretrained({release!r}, {sae_id!r})",
+                                      path=f"hf://{src.label}", field="format")
         options = {**src.options, **options}
         with hub.fetch(src, offline=local_files_only, force=force_download) as got:
             cfg, state_dict, source = load_local(got.path, format=got.format, options=options, files=got.files,
@@ -672,6 +676,40 @@ class CrossCoder(nn.Module):
         cfg, state_dict, source = load_local(Path(path), format=format, options=options, kind="crosscoder")
         if not isinstance(cfg, CrossCoderConfig):
             raise UnsupportedSAEError("this is not a crosscoder", path=source, field="format")
+        return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
+
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, revision: str | None = None,
+                        force_download: bool = False, local_files_only: bool | None = None,
+                        format: str | None = None, **options: Any) -> CrossCoder:
+        """Load crosscoder ``sae_id`` of a release (or of a Hub repo id ``org/name``, ``sae_id`` then being the
+        folder in it) through the same locate -> fetch -> load steps as ``SAE.from_pretrained`` and
+        :meth:`MultiLayerDictionary.from_pretrained`: only the files the format reads are fetched, and verified;
+        weights stay memory-mapped. A release of another kind is refused before anything is fetched, naming the
+        class that loads it (so a wrong call costs no download). The release's model fills the per-site model
+        names the files leave unknown, and the release and id are recorded in ``cfg.extra["release"]``."""
+        from sae_hub import hub
+        from sae_hub.loading import get_loader, load_local
+        from sae_hub.releases import locate
+
+        src = locate(release, sae_id, revision=revision, format=format)
+        if src.format is not None and get_loader(src.format).kind != "crosscoder":
+            kind = get_loader(src.format).kind
+            use = "sae_hub.MultiLayerDictionary" if kind == "multilayer" else "sae_hub.SAE"
+            raise UnsupportedSAEError(f"{release!r} / {sae_id!r} is not a crosscoder (format {src.format!r}): load "
+                                      f"it with {use}.from_pretrained({release!r}, {sae_id!r})",
+                                      path=f"hf://{src.label}", field="format")
+        options = {**src.options, **options}
+        with hub.fetch(src, offline=local_files_only, force=force_download) as got:
+            cfg, state_dict, source = load_local(got.path, format=got.format, options=options, files=got.files,
+                                                 kind="crosscoder")
+        if not isinstance(cfg, CrossCoderConfig):
+            raise UnsupportedSAEError("this is not a crosscoder", path=source, field="format")
+        if src.release is not None and src.entry is not None:
+            model = src.release.model
+            cfg.model_names = [m if m is not None else model for m in (cfg.model_names or [None] * cfg.n_sites)]
+            cfg.extra.setdefault("release", {"name": src.release.name, "sae_id": src.entry.id})
         return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
 
 

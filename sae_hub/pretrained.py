@@ -20,7 +20,8 @@ __all__ = ["from_pretrained"]
 def from_pretrained(release: str, sae_id: str, *, revision: str | None = None, format: str | None = None,
                     **kwargs: Any) -> SAE | MultiLayerDictionary | CrossCoder:
     """Load ``sae_id`` of ``release`` (or of a Hub repo id): an :class:`SAE` for a single layer, a
-    :class:`~sae_hub.multilayer.MultiLayerDictionary` for a transcoder set or CLT release.
+    :class:`~sae_hub.multilayer.MultiLayerDictionary` for a transcoder set or CLT release, a
+    :class:`~sae_hub.multilayer.CrossCoder` for a crosscoder release.
 
     ``kwargs`` are those of ``SAE.from_pretrained`` (``device``, ``dtype``, ``force_download``,
     ``local_files_only``, loader options).
@@ -35,11 +36,9 @@ def from_pretrained(release: str, sae_id: str, *, revision: str | None = None, f
 
         return MultiLayerDictionary.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
     if kind == "crosscoder":
-        from sae_hub.errors import UnsupportedSAEError
+        from sae_hub.multilayer import CrossCoder
 
-        raise UnsupportedSAEError("crosscoder releases load from disk only so far: "
-                                  "sae_hub.CrossCoder.load_from_disk(path)", path=f"hf://{src.label}",
-                                  field="format")
+        return CrossCoder.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
     from sae_hub.sae import SAE
 
     return SAE.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)

@@ -681,7 +681,8 @@ def _has_state(state: _InputState) -> bool:
 
 
 def _refuse_multilayer(src: Any) -> None:
-    """A release whose format holds a transcoder set or CLT is loaded by its own class, before anything is fetched.
+    """A release whose format holds a transcoder set, CLT or crosscoder is loaded by its own class: refused here
+    before anything is fetched.
 
     Why a typed error rather than returning the multi-layer object here: ``SAE.from_pretrained`` is typed to return
     an ``SAE`` (every caller, splicing and conversion included, relies on that), and each class loading its own
@@ -689,10 +690,13 @@ def _refuse_multilayer(src: Any) -> None:
     """
     from sae_hub.loading import get_loader
 
-    if src.format is not None and get_loader(src.format).kind == "multilayer":
+    kind = get_loader(src.format).kind if src.format is not None else "sae"
+    if kind in ("multilayer", "crosscoder"):
         rel = src.release.name if src.release is not None else src.repo_id
         sid = src.entry.id if src.entry is not None else src.path
+        what, cls = (("a multi-layer dictionary", "MultiLayerDictionary") if kind == "multilayer"
+                     else ("a crosscoder (one latent space over several sites)", "CrossCoder"))
         raise UnsupportedSAEError(
-            f"{rel!r} / {sid!r} is a multi-layer dictionary (format {src.format!r}): load it with "
-            f"sae_hub.MultiLayerDictionary.from_pretrained({rel!r}, {sid!r})", path=f"hf://{src.label}",
-            field="format")
+            f"{rel!r} / {sid!r} is {what} (format {src.format!r}): load it with "
+            f"sae_hub.{cls}.from_pretrained({rel!r}, {sid!r}) (or sae_hub.from_pretrained)",
+            path=f"hf://{src.label}", field="format")
