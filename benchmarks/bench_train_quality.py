@@ -144,8 +144,15 @@ def main() -> None:
     overrides: dict[str, Any] = {}
     for kv in filter(None, args.override.split(",")):
         key, val = kv.split("=")
-        overrides[key] = type(getattr(TrainConfig(), key) if getattr(TrainConfig(), key) is not None else 0.0)(
-            float(val)) if key != "encoder_bf16" else val.lower() in ("1", "true")
+        default = getattr(TrainConfig(), key)
+        if key == "encoder_bf16" or isinstance(default, bool):
+            overrides[key] = val.lower() in ("1", "true")
+        elif isinstance(default, str):
+            overrides[key] = val
+        elif default is None:  # an int knob (batch_size, k_aux, ...) or a float one (lr)
+            overrides[key] = int(float(val)) if float(val).is_integer() else float(val)
+        else:
+            overrides[key] = type(default)(float(val))
     has_saelens = importlib.util.find_spec("sae_lens") is not None
     use_saelens = args.saelens == "yes" or (args.saelens == "auto" and has_saelens and not args.grid)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.samples:,} samples; "

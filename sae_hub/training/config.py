@@ -16,9 +16,11 @@ from typing import Any
 
 from sae_hub.errors import ConfigError
 
-__all__ = ["ARCHITECTURES", "TrainConfig"]
+__all__ = ["ARCHITECTURES", "SPARSE_ARCHITECTURES", "TrainConfig"]
 
-ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "matryoshka_batchtopk")
+# the architectures trained through the sparse kernels (one dense encoder GEMM, a sparse backward)
+SPARSE_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk")
 
 
 @dataclass
@@ -89,11 +91,27 @@ class TrainConfig:
     batchtopk_max_per_token: int | None = None  # selection cap per token per step; None: 4k (0: exact, slow on CPU)
     batchtopk_save_as: str = "jumprelu"  # "jumprelu" (threshold calibrated on held-out tokens) | "topk"
     calibration_tokens: int = 16384
+    # matryoshka_batchtopk (Bussmann et al. 2025; Nabeshima 2024): BatchTopK whose nested dictionary prefixes
+    # [0, m_1) ⊂ [0, m_2) ⊂ ... ⊂ [0, d_sae) each reconstruct x on their own. Strictly increasing, last = d_sae.
+    # None: d_sae/16, /8, /4, /2, d_sae -- the ladder of Bussmann et al.'s main runs (group sizes d/16, d/16, d/8,
+    # d/4, d/2): five levels keep the step's extra cost small, and a first prefix of d/16 latents is wide enough
+    # to hold the frequent, general features yet narrow enough to force them there. Saved like batchtopk.
+    matryoshka_widths: list[int] | None = None
     # jumprelu
     # jumprelu, in units of the pre-activations of normalised inputs (E‖x‖ = √d_in); the paper's 0.001 is for
     # inputs on another scale. Tuned on the synthetic benchmark.
     jumprelu_bandwidth: float = 0.1
     jumprelu_init_threshold: float = 0.5
+    # --- topk / batchtopk feature-recovery options (issue 16; each off = the runs before it, bit for bit) ---
+    # "unit": unit-norm decoder rows, gradient's parallel component removed (OpenAI). "rescale": SAELens's
+    # rescale_acts_by_decoder_norm -- free rows V (init norm decoder_init_norm, None: 0.1), the decoder is V/‖V‖
+    # and the encoder pre-activations are scaled by ‖V‖, so a row's direction turns at lr/‖V‖ per step (fast
+    # early, slower as ‖V‖ grows); folded at save into an ordinary unit-norm SAE.
+    decoder_norm: str = "unit"
+    decoder_lr_scale: float = 1.0  # the decoder's lr is lr times this
+    # k annealing: k starts at k_anneal_start·k and falls linearly to k over this first fraction of the steps
+    k_anneal_fraction: float = 0.0
+    k_anneal_start: float = 4.0
     # bookkeeping
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # steps; 0: no periodic checkpoints
@@ -109,12 +127,24 @@ class TrainConfig:
     dataset_path: str | None = None
     context_size: int | None = None  # tokens per context the activations were computed in
     prepend_bos: bool | None = None  # whether each context started with BOS
+    # --- transcoders (issue 16): read x at hook_name, predict y at hook_name_out (an MLP's input -> its output) ---
+    # None: from the activations -- (x, y) pairs (a paired source, a tuple of two tensors) make a transcoder, single
+    # activations an SAE; True/False contradicting the data is a ConfigError. An iterable of batches is read as
+    # (x, y) pairs only with transcoder=True: its tuple batches otherwise mean (activations, anything), as before.
+    # The encoder reads x itself (apply_b_dec_to_input is off: b_dec lives in the output space), x and y each get
+    # their own norm constant, and b_dec starts at y's geometric median.
+    transcoder: bool | None = None
+    # skip transcoder: y_hat = decode(encode(x)) + x @ W_skip.T with W_skip [d_out, d_in] learned from zeros
+    # (sparsify's init): the linear part of the map need not be spent on latents
+    skip_connection: bool = False
+    d_out: int | None = None  # width of y; None: from the activations (d_in for an SAE)
+    hook_name_out: str | None = None  # where the predictions belong; None: from the source (recorded like hook_name)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}",
                               field="architecture")
-        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= self.d_sae):
+        if self.architecture in SPARSE_ARCHITECTURES and (self.k is None or not 0 < self.k <= self.d_sae):
             raise ConfigError(f"{self.architecture} needs 0 < k <= d_sae, got k={self.k}", field="k")
         if self.num_threads is not None and int(self.num_threads) <= 0:
             raise ConfigError("num_threads must be positive (or None: chosen by measurement)", field="num_threads")
@@ -123,10 +153,62 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive", field=name)
         if self.b_dec_init not in ("mean", "geometric_median", "zeros"):
             raise ConfigError(f"unknown b_dec_init {self.b_dec_init!r}", field="b_dec_init")
+        if self.decoder_norm not in ("unit", "rescale"):
+            raise ConfigError(f"decoder_norm must be 'unit' or 'rescale', got {self.decoder_norm!r}",
+                              field="decoder_norm")
+        if not (self.decoder_lr_scale > 0 and self.k_anneal_start >= 1 and 0 <= self.k_anneal_fraction <= 1):
+            raise ConfigError("need decoder_lr_scale > 0, k_anneal_start >= 1, 0 <= k_anneal_fraction <= 1",
+                              field="decoder_lr_scale" if not self.decoder_lr_scale > 0 else "k_anneal_fraction")
         if self.batchtopk_save_as not in ("jumprelu", "topk"):
             raise ConfigError(f"batchtopk_save_as must be 'jumprelu' or 'topk', got {self.batchtopk_save_as!r}",
                               field="batchtopk_save_as")
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+        self._check_matryoshka_widths()
+        self._check_transcoder_fields()
+
+    def _check_matryoshka_widths(self) -> None:
+        """``matryoshka_widths``: ints, strictly increasing, ending at ``d_sae``, and only for Matryoshka (a width
+        list on another architecture would be silently ignored)."""
+        w = self.matryoshka_widths
+        if w is None:
+            return
+        if self.architecture != "matryoshka_batchtopk":
+            raise ConfigError(f"matryoshka_widths is for architecture='matryoshka_batchtopk', not "
+                              f"{self.architecture!r}", field="matryoshka_widths")
+        if not isinstance(w, (list, tuple)) or not w or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in w):
+            raise ConfigError(f"matryoshka_widths must be a non-empty list of ints, got {w!r}",
+                              field="matryoshka_widths")
+        if any(a >= b for a, b in zip(w, w[1:])) or w[0] <= 0:
+            raise ConfigError(f"matryoshka_widths must be positive and strictly increasing, got {list(w)}",
+                              field="matryoshka_widths")
+        if w[-1] != self.d_sae:
+            raise ConfigError(f"matryoshka_widths must end at d_sae={self.d_sae} (the whole dictionary is the last "
+                              f"level), got {list(w)}", field="matryoshka_widths")
+        self.matryoshka_widths = [int(v) for v in w]
+
+    def default_matryoshka_widths(self) -> list[int]:
+        """``matryoshka_widths``, or its default ``d_sae/16, /8, /4, /2, d_sae`` (rounded down, zeros and repeats
+        dropped: small dictionaries get fewer levels)."""
+        if self.matryoshka_widths is not None:
+            return list(self.matryoshka_widths)
+        return sorted({self.d_sae >> s for s in (4, 3, 2, 1, 0)} - {0})
+
+    def _check_transcoder_fields(self) -> None:
+        """The transcoder block's types and the contradictions visible without data (the rest: Trainer)."""
+        for name in ("transcoder", "skip_connection"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (value is None and name == "transcoder")):
+                raise ConfigError(f"{name} must be true or false{' (or None)' if name == 'transcoder' else ''}, "
+                                  f"got {value!r}", field=name)
+        if self.skip_connection and self.transcoder is False:
+            raise ConfigError("skip_connection=True makes a skip transcoder, but transcoder=False", field="transcoder")
+        if self.d_out is not None and (not isinstance(self.d_out, int) or isinstance(self.d_out, bool)
+                                       or self.d_out <= 0):
+            raise ConfigError(f"d_out must be a positive int or None, got {self.d_out!r}", field="d_out")
+        if self.transcoder is False and self.hook_name_out is not None:
+            raise ConfigError(f"hook_name_out={self.hook_name_out!r} is where a transcoder writes, but "
+                              "transcoder=False", field="hook_name_out")
 
     def default_batch_size(self, rows: int | None = None) -> int:
         """``batch_size``, or its default for a run of ``total_tokens`` (else ``rows``, one pass) tokens: 4096,
@@ -159,15 +241,19 @@ class TrainConfig:
         if c.max_grad_norm is None and c.architecture == "relu":
             c.max_grad_norm = 1.0
         if c.decoder_init_norm is None:
-            c.decoder_init_norm = 0.1 if c.architecture == "relu" else 1.0
+            c.decoder_init_norm = 0.1 if c.architecture == "relu" or c.decoder_norm == "rescale" else 1.0
         if c.dead_window_tokens is None:
             run = c.steps * c.batch_size if c.steps is not None else None
             c.dead_window_tokens = (min(10_000_000, max(run // 10, 100 * c.batch_size)) if run is not None
                                     else 10_000_000)
-        if c.k_aux is None:
-            c.k_aux = max(1, c.d_in // 2)
+        if c.k_aux is None:  # half the width of what is reconstructed (y for a transcoder)
+            c.k_aux = max(1, (c.d_out if c.transcoder and c.d_out else c.d_in) // 2)
+        if c.transcoder:  # the encoder reads x itself: b_dec lives in y's space (SAEConfig refuses the flag too)
+            c.apply_b_dec_to_input = False
         if c.batchtopk_max_per_token is None:
             c.batchtopk_max_per_token = 4 * (c.k or 1)
+        if c.architecture == "matryoshka_batchtopk" and c.matryoshka_widths is None:
+            c.matryoshka_widths = c.default_matryoshka_widths()
         return c
 
     def to_dict(self) -> dict[str, Any]:

@@ -259,10 +259,18 @@ class Trainer:
                                                  and fast_bf16(self.device))
         self.callbacks, self.progress = tuple(callbacks), progress
         self.params = _Params(cfg, self.device, self.dtype)
-        self.opt = torch.optim.Adam(self.params.parameters(), lr=cast(float, cfg.lr), betas=cfg.adam_betas,
+        groups: Any = self.params.parameters()
+        if cfg.decoder_lr_scale != 1.0:  # issue-16 option: the decoder's own lr (its group scales the schedule)
+            groups = [{"params": [q for n, q in self.params.named_parameters() if n != "W_dec"]},
+                      {"params": [self.params.W_dec], "lr_scale": cfg.decoder_lr_scale}]
+        self.opt = torch.optim.Adam(groups, lr=cast(float, cfg.lr), betas=cfg.adam_betas,
                                     eps=cfg.adam_eps, **fused_adam_kwargs(self.device))
         self.sparse = cfg.architecture in ("topk", "batchtopk")
         self.unit_norm_decoder = cfg.architecture != "relu"
+        # issue-16 option decoder_norm="rescale": free decoder rows, see _effective_weights (no unit-norm steps)
+        self.rescale_decoder = self.sparse and cfg.decoder_norm == "rescale"
+        if self.rescale_decoder:
+            self.unit_norm_decoder = False
         self.sel = Selection(k=int(cfg.k or 0), batch_level=cfg.architecture == "batchtopk",
                              max_per_token=int(cfg.batchtopk_max_per_token or 0), bf16=bool(cfg.encoder_bf16),
                              workspace={})
@@ -294,7 +302,9 @@ class Trainer:
         x = x.to(self.device, self.dtype, non_blocking=True) * self.scale  # [b, d_in]
         lr, sparsity_coef = self.schedule(self.step_no)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        if cfg.k_anneal_fraction:  # issue-16 option: k falls from k_anneal_start·k to k (see annealed_k)
+            self.sel.k = self.annealed_k(self.step_no)
         # forward: encode, select, decode (topk/batchtopk through the sparse kernels)
         fwd = self._forward(x)
         # loss: reconstruction, + α·AuxK (topk/batchtopk) or + λ·sparsity penalty (relu/jumprelu)
@@ -341,8 +351,9 @@ class Trainer:
         p, cfg = self.params, self.cfg
         if self.sparse:  # topk / batchtopk: only the selected latents are touched after the encoder GEMM
             b_in = p.b_dec if cfg.apply_b_dec_to_input else None
-            vals, avals, pairs, apairs = SparseEncode.apply(x, p.W_encT, p.b_enc, b_in, self.sel)  # [M], [b·k_aux]
-            dec, e_hat = SparseDecode.apply(p.W_dec, vals, pairs, avals, apairs, self.sel.workspace)  # [b, d_in] each
+            W_encT, b_enc, W_dec = self._effective_weights()
+            vals, avals, pairs, apairs = SparseEncode.apply(x, W_encT, b_enc, b_in, self.sel)  # [M], [b·k_aux]
+            dec, e_hat = SparseDecode.apply(W_dec, vals, pairs, avals, apairs, self.sel.workspace)  # [b, d_in] each
             x_hat = dec + p.b_dec  # [b, d_in]
             return _Forward(x_hat, vals, pairs.latents, e_hat if apairs is not None else None, None, None)
         pre = F.linear(x - p.b_dec if cfg.apply_b_dec_to_input else x, p.W_encT, p.b_enc)  # [b, d_sae]
@@ -354,6 +365,28 @@ class Trainer:
             f = JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)  # [b, d_sae]
         x_hat = f @ p.W_dec + p.b_dec  # [b, d_in]
         return _Forward(x_hat, f, None, None, pre, theta)
+
+    def _effective_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W_encT, b_enc, W_dec) as the SAE computes with them. The parameters themselves, except with
+        ``decoder_norm="rescale"`` (SAELens's rescale_acts_by_decoder_norm): decoder V/‖V‖, encoder and b_enc
+        times ‖V‖ -- differentiable, so the free rows' gradient has no component along the row and a row's
+        direction moves at lr/‖V‖ (why: ‖V‖ starts at 0.1, so directions settle ~10x faster early in a run)."""
+        p = self.params
+        if not self.rescale_decoder:
+            return p.W_encT, p.b_enc, p.W_dec
+        norms = p.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # [n, 1]
+        return p.W_encT * norms, p.b_enc * norms.squeeze(-1), p.W_dec / norms
+
+    def annealed_k(self, step: int) -> int:
+        """k at ``step`` with ``k_anneal_fraction``: k_anneal_start·k falling linearly to k (why: early on more
+        latents get gradient, so fewer die before AuxK can see them)."""
+        cfg = self.cfg
+        k, steps = int(cfg.k or 1), int(cfg.steps or 0)
+        span = int(cfg.k_anneal_fraction * steps)
+        if not span or step >= span:
+            return k
+        start = min(cfg.d_sae, round(cfg.k_anneal_start * k))
+        return max(k, round(start + (k - start) * step / span))
 
     def _loss(self, x: torch.Tensor, fwd: _Forward, coef: float) -> _StepOut:
         """The architecture's loss on ``x`` and ``fwd`` (see the module docstring), with its parts and the L0."""
@@ -542,8 +575,9 @@ class Trainer:
         """The trained SAE taking *raw* activations: normalisation constant folded (and recorded in provenance),
         batchtopk saved as jumprelu (threshold calibrated on ``held_out`` or ``calibration``) or topk."""
         cfg, p = self.cfg, self.params
-        tensors = {"W_enc": p.W_encT.t().contiguous().clone(), "b_enc": p.b_enc.clone(),
-                   "W_dec": p.W_dec.clone(), "b_dec": p.b_dec.clone()}
+        W_encT, b_enc, W_dec = self._effective_weights()  # decoder_norm="rescale": ‖V‖ folded in
+        tensors = {"W_enc": W_encT.t().contiguous().clone(), "b_enc": b_enc.clone(),
+                   "W_dec": W_dec.clone(), "b_dec": p.b_dec.clone()}
         arch = cfg.architecture
         if arch == "batchtopk":
             arch = cfg.batchtopk_save_as
@@ -610,10 +644,11 @@ class Trainer:
         if self.rank == 0:
             n_tokens = sum(x.shape[0] for x in xs)
             m = min(cfg.d_sae, 4 * int(cfg.k or 1))
+            W_encT, b_enc, _ = self._effective_weights()
             while True:
                 tops = []
                 for x in xs:
-                    pre = F.linear(x - p.b_dec if cfg.apply_b_dec_to_input else x, p.W_encT, p.b_enc).float()
+                    pre = F.linear(x - p.b_dec if cfg.apply_b_dec_to_input else x, W_encT, b_enc).float()
                     tops.append(F.relu(pre).topk(m, dim=-1).values)  # sorted: column m-1 is each row's m-th
                 flat = torch.cat([t.reshape(-1) for t in tops])
                 theta = flat.topk(int(cfg.k or 1) * n_tokens).values[-1].double()
