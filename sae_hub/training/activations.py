@@ -66,8 +66,10 @@ __all__ = [
     "TensorSource",
     "as_source",
     "cache_activations",
+    "is_pair",
     "pack_tokens",
     "source_from",
+    "source_out_width",
     "source_rows",
     "source_width",
 ]
@@ -129,8 +131,35 @@ def _as_tensor(batch: Any) -> torch.Tensor:
     return batch.reshape(-1, batch.shape[-1])
 
 
+def _as_pair(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transcoder batch as ``(x [rows, d_in], y [rows, d_out])``: a 2-tuple/list, or a dict with "x" and "y"."""
+    if isinstance(batch, dict) and "x" in batch and "y" in batch:
+        batch = (batch["x"], batch["y"])
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2
+            and all(isinstance(t, torch.Tensor) for t in batch)):
+        got = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        raise ConfigError(f"a transcoder batch must be a pair (x, y) of tensors (or a dict with 'x' and 'y'), got "
+                          f"{got}", field="y")
+    x, y = (t.reshape(-1, t.shape[-1]) for t in batch)
+    if x.shape[0] != y.shape[0]:
+        raise ConfigError(f"x has {x.shape[0]} rows but y has {y.shape[0]}: a transcoder trains on aligned pairs "
+                          "(row i of y is the output for row i of x)", field="y")
+    return x, y
+
+
+def is_pair(activations: Any) -> bool:
+    """Whether ``train_sae`` reads ``activations`` as transcoder pairs without being told: a tuple of exactly two
+    tensors ``(x, y)``, or a source advertising ``d_out`` (a list, or a tuple of more tensors, is batches)."""
+    if isinstance(activations, tuple) and len(activations) == 2:
+        return all(isinstance(t, torch.Tensor) for t in activations)
+    return callable(getattr(activations, "batches", None)) and getattr(activations, "d_out", None) is not None
+
+
 class TensorSource:
     """An in-memory ``[N, d_in]`` tensor as an activation source: reshuffled every epoch from ``seed``.
+
+    With ``targets [N, d_out]`` (a transcoder's outputs, row i for input row i) it yields ``(x, y)`` pairs, both
+    taken through the same permutation, and advertises ``d_out`` / ``hook_name_out``.
 
     Global batch ``j`` is rows ``[j·G, (j+1)·G)`` of epoch ``j // (N // G)``'s permutation (G = the global
     batch); rank ``r`` of ``world_size`` takes its ``r``-th slice. So the ranks' batches are disjoint, their union
@@ -140,9 +169,18 @@ class TensorSource:
 
     def __init__(self, data: torch.Tensor, *, hook_name: str | None = None, model_name: str | None = None,
                  context_size: int | None = None, prepend_bos: bool | None = None, skip_bos: bool | None = None,
-                 dataset_path: str | None = None) -> None:
+                 dataset_path: str | None = None, targets: torch.Tensor | None = None,
+                 hook_name_out: str | None = None) -> None:
         self.data = data.reshape(-1, data.shape[-1])
         self.d_in = int(self.data.shape[1])
+        self.targets: torch.Tensor | None = None
+        self.d_out: int | None = None
+        self.hook_name_out = hook_name_out
+        if targets is not None:
+            self.data, self.targets = _as_pair((data, targets))
+            if self.targets.device != self.data.device:
+                raise ConfigError(f"x is on {self.data.device} but y on {self.targets.device}", field="y")
+            self.d_out = int(self.targets.shape[1])
         # what the rows are, if the caller knows: recorded in the trained SAE's config (see ActivationSource)
         self.hook_name = hook_name
         self.model_name = model_name
@@ -155,7 +193,8 @@ class TensorSource:
         return int(self.data.shape[0])
 
     def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                start: int = 0) -> Iterator[torch.Tensor]:
+                start: int = 0) -> Iterator[Any]:
+        """``[batch_size, d_in]`` batches, or ``(x, y)`` pairs with ``targets``."""
         per_epoch = len(self) // (batch_size * world_size)
         if per_epoch == 0:
             raise ValueError(f"{len(self)} rows cannot fill one global batch of {batch_size * world_size}")
@@ -166,7 +205,11 @@ class TensorSource:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
                 perm, perm_epoch = torch.randperm(len(self), generator=g).to(self.data.device), epoch
             lo = (within * world_size + rank) * batch_size
-            yield self.data[perm[lo:lo + batch_size]]
+            if self.targets is not None:
+                rows = perm[lo:lo + batch_size]
+                yield self.data[rows], self.targets[rows]
+            else:
+                yield self.data[perm[lo:lo + batch_size]]
             j += 1
 
 
@@ -176,18 +219,46 @@ class _IterableSource:
     Read in order, never shuffled; batches are re-cut to the requested size. ``start`` re-reads and drops the
     batches already consumed (so resuming re-skips them), and with several ranks every rank reads the whole
     iterable and keeps its own slice of each global batch: prefer a real source for data-parallel runs.
+
+    ``paired``: every batch is a transcoder pair ``(x, y)`` (see :func:`_as_pair`), yielded as pairs.
     """
 
-    def __init__(self, iterable: Iterable[Any], d_in: int | None = None) -> None:
+    def __init__(self, iterable: Iterable[Any], d_in: int | None = None, *, paired: bool = False,
+                 d_out: int | None = None) -> None:
         self.iterable = iterable
         self.d_in = d_in
+        self.paired = paired
+        self.d_out = d_out if paired else None
 
     def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                start: int = 0) -> Iterator[torch.Tensor]:
+                start: int = 0) -> Iterator[Any]:
         del seed  # in order, by definition
+        if self.paired:
+            yield from self._pairs(batch_size, rank, world_size, start)
+            return
         for i, xb in enumerate(_rebatch(map(_as_tensor, self.iterable), batch_size * world_size)):
             if i >= start:
                 yield xb[rank * batch_size:(rank + 1) * batch_size]
+
+    def _pairs(self, batch_size: int, rank: int, world_size: int, start: int) -> Iterator[Any]:
+        """Pairs re-cut like single batches: x and y side by side in one row (so one re-cut keeps them aligned),
+        split again on the way out."""
+        d_in = self.d_in
+
+        def joined(batch: Any) -> torch.Tensor:
+            nonlocal d_in
+            x, y = _as_pair(batch)
+            if d_in is None:
+                d_in = int(x.shape[1])
+            if x.shape[1] != d_in or (self.d_out is not None and y.shape[1] != self.d_out):
+                raise ConfigError(f"a batch has x of width {x.shape[1]} and y of width {y.shape[1]}, expected "
+                                  f"{d_in} and {self.d_out}", field="d_in" if x.shape[1] != d_in else "d_out")
+            return torch.cat([x, y], dim=1)
+
+        for i, xy in enumerate(_rebatch(map(joined, self.iterable), batch_size * world_size)):
+            if i >= start:
+                part = xy[rank * batch_size:(rank + 1) * batch_size]
+                yield part[:, :d_in], part[:, d_in:]
 
 
 def _rebatch(chunks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
@@ -208,18 +279,23 @@ def _rebatch(chunks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor
             pending, have = ([rest] if rest.shape[0] else []), rest.shape[0]
 
 
-def source_from(activations: Any, d_in: int | None = None) -> Any:
-    """What ``train_sae`` accepts, as a source: a tensor ``[..., d_in]`` -> :class:`TensorSource`; an object with
-    ``batches`` -> itself; any other iterable of batches -> an in-order source (``d_in`` its width, when known).
+def source_from(activations: Any, d_in: int | None = None, *, paired: bool = False,
+                d_out: int | None = None) -> Any:
+    """What ``train_sae`` accepts, as a source: a tensor ``[..., d_in]`` -> :class:`TensorSource`; a tuple of two
+    tensors ``(x, y)`` -> a paired :class:`TensorSource` (transcoders); an object with ``batches`` -> itself; any
+    other iterable of batches -> an in-order source (``d_in`` its width, when known), of ``(x, y)`` pairs when
+    ``paired`` (a transcoder run says so: a tuple batch otherwise means its first element).
 
     Unlike :func:`as_source` (which checks the protocol), this accepts data that is not a source yet.
     """
     if isinstance(activations, torch.Tensor):
         return TensorSource(activations)
+    if is_pair(activations) and isinstance(activations, tuple):
+        return TensorSource(activations[0], targets=activations[1])
     if callable(getattr(activations, "batches", None)):
         return activations
     if isinstance(activations, Iterable):
-        return _IterableSource(activations, d_in)
+        return _IterableSource(activations, d_in, paired=paired, d_out=d_out)
     raise TypeError(f"cannot train on {type(activations).__name__}: give a tensor, an iterable of batches, "
                     "or an activation source with .batches(batch_size, seed=, rank=, world_size=, start=)")
 
@@ -231,7 +307,19 @@ def source_width(source: Any) -> int | None:
         return int(source.d_in)
     it = getattr(source, "iterable", None)
     if it is not None and iter(it) is not it:  # re-iterable: peeking does not consume anything
-        return int(_as_tensor(next(iter(it))).shape[-1])
+        first = next(iter(it))
+        return int((_as_pair(first)[0] if getattr(source, "paired", False) else _as_tensor(first)).shape[-1])
+    return None
+
+
+def source_out_width(source: Any) -> int | None:
+    """``d_out`` of a paired source from :func:`source_from` (peeking a re-iterable iterable like
+    :func:`source_width`); ``None`` for a single-activation source or a one-shot iterator."""
+    if getattr(source, "d_out", None):
+        return int(source.d_out)
+    it = getattr(source, "iterable", None)
+    if getattr(source, "paired", False) and it is not None and iter(it) is not it:
+        return int(_as_pair(next(iter(it)))[1].shape[-1])
     return None
 
 
@@ -451,14 +539,21 @@ class ModelActivationSource:
         dataset_path: where the dataset comes from (a Hub dataset id, as SAELens's ``dataset_path``), recorded in
             the trained SAE's config; not read from ``dataset``, which rarely knows its own id.
         tokenizer: the tokenizer of a ``transformers`` model (others bring their own).
+        hook_name_out: for a transcoder, the hook whose activation it predicts (e.g. ``blocks.6.hook_mlp_out`` for
+            ``hook_name="blocks.6.ln2.hook_normalized"``): batches are then ``(x, y)`` pairs of the same tokens,
+            read in one forward pass cut after the later hook, and ``d_out`` is its width. The two activations
+            travel side by side through the shuffle buffer, so pairs never come apart.
     """
 
     def __init__(self, model: Any, dataset: Any, hook_name: str, *, context_size: int | None = None,
                  prepend_bos: bool = True, skip_bos: bool = True, column: str | None = None,
                  buffer_tokens: int = 1 << 16, model_batch_size: int = 32,
                  dtype: torch.dtype | str | None = torch.float32, device: str | torch.device | None = None,
-                 dataset_path: str | None = None, tokenizer: Any = None) -> None:
+                 dataset_path: str | None = None, tokenizer: Any = None, hook_name_out: str | None = None) -> None:
         _check_reiterable(dataset)
+        if hook_name_out is not None and hook_name_out == hook_name:
+            raise ConfigError(f"hook_name_out equals hook_name ({hook_name!r}): a transcoder reads one hook and "
+                              "predicts another; leave hook_name_out None for an SAE", field="hook_name_out")
         if buffer_tokens < 2:
             raise ConfigError(f"buffer_tokens must be at least 2, got {buffer_tokens}", field="buffer_tokens")
         if model_batch_size < 1:
@@ -468,6 +563,7 @@ class ModelActivationSource:
         self.adapter = adapter = adapt(model, tokenizer)
         self.dataset = dataset
         self.hook_name: str | None = hook_name
+        self.hook_name_out: str | None = hook_name_out
         self.model_name: str | None = adapter.model_name
         self.context_size = _default_context_size(adapter, dataset, context_size)
         self.prepend_bos = bool(prepend_bos)
@@ -483,14 +579,25 @@ class ModelActivationSource:
         bos, sep = _special_ids(adapter)
         probe = torch.tensor([[bos if bos is not None else (sep or 0)]], dtype=torch.long)
         with torch.inference_mode():
-            act = run_to_hooks(adapter, probe, [hook_name])[hook_name]
+            acts = run_to_hooks(adapter, probe, self._hooks())
+        act = acts[hook_name]
         self.activation_shape: tuple[int, ...] = tuple(act.shape[2:])  # per token, before flattening
         self._act_dtype = act.dtype  # the buffer keeps what the model gives; batches are cast to ``dtype``
         self.d_in: int = math.prod(self.activation_shape)
+        self.d_out: int | None = None
+        if hook_name_out is not None:
+            self.activation_shape_out: tuple[int, ...] = tuple(acts[hook_name_out].shape[2:])
+            self.d_out = math.prod(self.activation_shape_out)
+            self._act_dtype = torch.promote_types(act.dtype, acts[hook_name_out].dtype)
+        self._width = self.d_in + (self.d_out or 0)  # a buffer row: x, then y for a transcoder
+
+    def _hooks(self) -> list[str]:
+        return [str(self.hook_name)] + ([self.hook_name_out] if self.hook_name_out is not None else [])
 
     def __repr__(self) -> str:
+        out = f", hook_name_out={self.hook_name_out!r}, d_out={self.d_out}" if self.hook_name_out else ""
         return (f"ModelActivationSource(model={self.model_name!r}, hook_name={self.hook_name!r}, "
-                f"d_in={self.d_in}, context_size={self.context_size}, skip_bos={self.skip_bos})")
+                f"d_in={self.d_in}{out}, context_size={self.context_size}, skip_bos={self.skip_bos})")
 
     def contexts(self, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
         """This rank's packed token windows ``[context_size]``, in order (what the model is run on)."""
@@ -512,22 +619,30 @@ class ModelActivationSource:
             yield torch.stack(group)
 
     def _activations(self, chunk: torch.Tensor) -> torch.Tensor:
-        """``[rows * tokens_per_context, d_in]`` activations of one chunk, on ``self.device``.
+        """``[rows * tokens_per_context, d_in]`` activations of one chunk, on ``self.device`` (a transcoder's:
+        ``[.., d_in + d_out]``, x then y in each row, from one pass cut after the later hook).
 
         Copied out of inference mode so the trainer can use them in autograd (as inputs).
         """
         with torch.inference_mode():
-            act = run_to_hooks(self.adapter, chunk, [str(self.hook_name)])[str(self.hook_name)]
-        return _flat_positions(act, self.skip_bos).to(self.device, copy=True)
+            acts = run_to_hooks(self.adapter, chunk, self._hooks())
+        if self.hook_name_out is None:
+            return _flat_positions(acts[str(self.hook_name)], self.skip_bos).to(self.device, copy=True)
+        x, y = (_flat_positions(acts[h], self.skip_bos).to(self.device, self._act_dtype) for h in self._hooks())
+        return torch.cat([x, y], dim=1)
 
     def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                start: int = 0) -> Iterator[torch.Tensor]:
-        """Shuffled ``[batch_size, d_in]`` batches until the dataset is exhausted (a last partial batch is dropped).
+                start: int = 0) -> Iterator[Any]:
+        """Shuffled ``[batch_size, d_in]`` batches until the dataset is exhausted (a last partial batch is dropped);
+        ``(x [batch_size, d_in], y [batch_size, d_out])`` pairs with ``hook_name_out``.
 
         ``start`` skips the first ``start`` batches of this rank's stream for the same ``seed`` (resume).
         """
         _check_stream_args(batch_size, rank, world_size, start)
-        return self._stream(batch_size, seed, rank, world_size, start)
+        stream = self._stream(batch_size, seed, rank, world_size, start)
+        if self.hook_name_out is None:
+            return stream
+        return ((xy[:, :self.d_in], xy[:, self.d_in:]) for xy in stream)
 
     def _stream(self, batch_size: int, seed: int, rank: int, world_size: int,
                 start: int) -> Iterator[torch.Tensor]:
@@ -599,7 +714,7 @@ class ModelActivationSource:
                 pending = _still_referenced(pending, P, torch.cat([buf_idx, queue_idx]))
 
     def _empty_acts(self) -> torch.Tensor:
-        return torch.empty(0, self.d_in, dtype=self._act_dtype, device=self.device)
+        return torch.empty(0, self._width, dtype=self._act_dtype, device=self.device)
 
     def _materialize(self, pending: list[tuple[int, torch.Tensor]],
                      *indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -828,12 +943,15 @@ class ActivationCache:
         dtype: dtype of the yielded batches (stored bf16 is converted; default float32).
         device: where batches are yielded (default CPU).
         epochs: stop after this many passes over the data (``None``: cycle forever).
+        hook_name_out: for a transcoder, a second cached hook it predicts: batches are then ``(x, y)`` pairs of the
+            same tokens (the cache stores every hook's rows in one token order; shuffling moves whole pairs),
+            and ``d_out`` is its width.
     """
 
     def __init__(self, path: str | os.PathLike[str], hook_name: str | None = None, *,
                  dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None,
                  epochs: int | None = None, block_tokens: int = 2048, shuffle_blocks: int = 16,
-                 verify: bool = True) -> None:
+                 verify: bool = True, hook_name_out: str | None = None) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST_FILENAME
         if not manifest_path.is_file():
@@ -855,6 +973,13 @@ class ActivationCache:
         if hook_name not in hooks:
             raise ConfigError(f"hook {hook_name!r} is not in this cache; it holds {sorted(hooks)}",
                               path=manifest_path, field="hook_name")
+        if hook_name_out is not None and hook_name_out not in hooks:
+            raise ConfigError(f"hook_name_out {hook_name_out!r} is not in this cache; it holds {sorted(hooks)}",
+                              path=manifest_path, field="hook_name_out")
+        if hook_name_out is not None and hook_name_out == hook_name:
+            raise ConfigError(f"hook_name_out equals hook_name ({hook_name!r}): a transcoder reads one hook and "
+                              "predicts another; leave hook_name_out None for an SAE", path=manifest_path,
+                              field="hook_name_out")
         if block_tokens <= 0 or shuffle_blocks <= 0:
             raise ConfigError("block_tokens and shuffle_blocks must be positive")
         info = hooks[hook_name]
@@ -876,7 +1001,30 @@ class ActivationCache:
         self.block_tokens = int(block_tokens)
         self.shuffle_blocks = int(shuffle_blocks)
         self.verify = verify
-        self._shards: list[tuple[Path, int, str | None]] = []
+        self._shards = self._checked_shards(info, self.d_in, manifest)
+        self.hook_name_out: str | None = hook_name_out
+        self.d_out: int | None = None
+        self._shards_out: list[tuple[Path, int, str | None]] = []
+        if hook_name_out is not None:
+            self.d_out = int(hooks[hook_name_out]["d_in"])
+            self._shards_out = self._checked_shards(hooks[hook_name_out], self.d_out, manifest)
+            if [n for _, n, _ in self._shards_out] != [n for _, n, _ in self._shards]:
+                raise CorruptFileError(
+                    f"hooks {hook_name!r} and {hook_name_out!r} have shards of different token counts "
+                    f"({[n for _, n, _ in self._shards]} vs {[n for _, n, _ in self._shards_out]}): their rows are "
+                    "not the same tokens", path=manifest_path, field="hooks")
+        self._offsets = [0]
+        for _, n, _ in self._shards:
+            self._offsets.append(self._offsets[-1] + n)
+        self.n_tokens: int = self._offsets[-1]
+        if self.n_tokens == 0:
+            raise CorruptFileError("the cache holds no tokens", path=manifest_path, field="n_tokens")
+        self._mapped: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _checked_shards(self, info: dict[str, Any], width: int,
+                        manifest: dict[str, Any]) -> list[tuple[Path, int, str | None]]:
+        """One hook's shards (path, tokens, sha256), each present and of the manifest's dtype and shape."""
+        shards: list[tuple[Path, int, str | None]] = []
         for entry in info["shards"]:
             shard = self.path / entry["file"]
             n = int(entry["n_tokens"])
@@ -885,44 +1033,48 @@ class ActivationCache:
             header = read_safetensors_header(shard)
             if "activations" not in header:
                 raise CorruptFileError("shard has no 'activations' tensor", path=shard, field="activations")
-            if header.shape("activations") != (n, self.d_in) or header.dtype("activations") != self.storage_dtype:
+            if header.shape("activations") != (n, width) or header.dtype("activations") != self.storage_dtype:
                 raise CorruptFileError(
                     f"shard holds {dtype_to_str(header.dtype('activations'))} {list(header.shape('activations'))}, "
-                    f"the manifest says {manifest['dtype']} {[n, self.d_in]}", path=shard, field="activations")
-            self._shards.append((shard, n, entry.get("sha256")))
-        self._offsets = [0]
-        for _, n, _ in self._shards:
-            self._offsets.append(self._offsets[-1] + n)
-        self.n_tokens: int = self._offsets[-1]
-        if self.n_tokens == 0:
-            raise CorruptFileError("the cache holds no tokens", path=manifest_path, field="n_tokens")
-        self._mapped: dict[int, torch.Tensor] = {}
+                    f"the manifest says {manifest['dtype']} {[n, width]}", path=shard, field="activations")
+            shards.append((shard, n, entry.get("sha256")))
+        return shards
 
     def __repr__(self) -> str:
-        return (f"ActivationCache({str(self.path)!r}, hook_name={self.hook_name!r}, d_in={self.d_in}, "
+        out = f", hook_name_out={self.hook_name_out!r}, d_out={self.d_out}" if self.hook_name_out else ""
+        return (f"ActivationCache({str(self.path)!r}, hook_name={self.hook_name!r}, d_in={self.d_in}{out}, "
                 f"n_tokens={self.n_tokens}, dtype={dtype_to_str(self.storage_dtype)})")
 
     def __len__(self) -> int:
         return self.n_tokens
 
-    def _shard(self, i: int) -> torch.Tensor:
-        tensor = self._mapped.get(i)
+    def _shard(self, i: int, hook: int = 0) -> torch.Tensor:
+        """Shard ``i`` of the input hook (``hook=0``) or of ``hook_name_out`` (``hook=1``), mapped once."""
+        tensor = self._mapped.get((hook, i))
         if tensor is None:
-            path, _, sha = self._shards[i]
+            path, _, sha = (self._shards_out if hook else self._shards)[i]
             if self.verify and sha is not None and sha256_file(path) != sha:
                 raise IntegrityError("shard's sha256 differs from the one in manifest.json", path=path)
             tensor = read_safetensors(path, ["activations"])[0]["activations"]
-            self._mapped[i] = tensor
+            self._mapped[(hook, i)] = tensor
         return tensor
 
-    def rows(self, begin: int, end: int) -> torch.Tensor:
-        """Cached rows ``[begin, end)`` across shards, in the storage dtype (a copy)."""
+    def rows(self, begin: int, end: int, *, hook: int = 0) -> torch.Tensor:
+        """Cached rows ``[begin, end)`` across shards, in the storage dtype (a copy); ``hook=1``: of
+        ``hook_name_out``."""
         parts = []
         for i in range(len(self._shards)):
             lo, hi = max(begin, self._offsets[i]), min(end, self._offsets[i + 1])
             if lo < hi:
-                parts.append(self._shard(i)[lo - self._offsets[i]:hi - self._offsets[i]])
-        return torch.cat(parts) if parts else torch.empty(0, self.d_in, dtype=self.storage_dtype)
+                parts.append(self._shard(i, hook)[lo - self._offsets[i]:hi - self._offsets[i]])
+        width = self.d_out if hook else self.d_in
+        return torch.cat(parts) if parts else torch.empty(0, int(width or 0), dtype=self.storage_dtype)
+
+    def _stream_rows(self, begin: int, end: int) -> torch.Tensor:
+        """What the shuffle moves: the input hook's rows, with a transcoder's output rows beside them."""
+        if self.hook_name_out is None:
+            return self.rows(begin, end)
+        return torch.cat([self.rows(begin, end), self.rows(begin, end, hook=1)], dim=1)
 
     def _rank_blocks(self, seed: int, epoch: int, rank: int, world_size: int) -> list[tuple[int, int]]:
         n_blocks = -(-self.n_tokens // self.block_tokens)
@@ -931,8 +1083,9 @@ class ActivationCache:
         return [(b * self.block_tokens, min((b + 1) * self.block_tokens, self.n_tokens)) for b in order]
 
     def batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                start: int = 0) -> Iterator[torch.Tensor]:
-        """Shuffled ``[batch_size, d_in]`` batches, epoch after epoch (``epochs`` limits them).
+                start: int = 0) -> Iterator[Any]:
+        """Shuffled ``[batch_size, d_in]`` batches, epoch after epoch (``epochs`` limits them); ``(x, y)`` pairs
+        with ``hook_name_out``.
 
         Batches are consecutive slices of this rank's token stream (epoch 0's shuffled tokens, then epoch 1's...),
         so with a single rank and ``n_tokens`` divisible by ``batch_size`` each epoch is exactly the cache.
@@ -942,11 +1095,14 @@ class ActivationCache:
         if n_blocks < world_size:
             raise ConfigError(f"the cache has {n_blocks} blocks of {self.block_tokens} tokens, fewer than "
                               f"world_size={world_size}; lower block_tokens", field="block_tokens")
-        return self._stream(batch_size, seed, rank, world_size, start * batch_size)
+        stream = self._stream(batch_size, seed, rank, world_size, start * batch_size)
+        if self.hook_name_out is None:
+            return stream
+        return ((xy[:, :self.d_in], xy[:, self.d_in:]) for xy in stream)
 
     def _stream(self, batch_size: int, seed: int, rank: int, world_size: int,
                 skip: int) -> Iterator[torch.Tensor]:
-        carry = torch.empty(0, self.d_in, dtype=self.storage_dtype)
+        carry = torch.empty(0, self.d_in + (self.d_out or 0), dtype=self.storage_dtype)
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             blocks = self._rank_blocks(seed, epoch, rank, world_size)
@@ -959,7 +1115,7 @@ class ActivationCache:
                 gen = torch.Generator().manual_seed(
                     _mix("ActivationCache.group", seed, epoch, rank, world_size, g))
                 perm = torch.randperm(size, generator=gen)
-                rows = torch.cat([self.rows(b, e) for b, e in group])[perm[skip:]]
+                rows = torch.cat([self._stream_rows(b, e) for b, e in group])[perm[skip:]]
                 skip = 0
                 carry = torch.cat([carry, rows]) if len(carry) else rows
                 n_full = len(carry) // batch_size
