@@ -112,6 +112,10 @@ class TrainConfig:
     # k annealing: k starts at k_anneal_start·k and falls linearly to k over this first fraction of the steps
     k_anneal_fraction: float = 0.0
     k_anneal_start: float = 4.0
+    # resampling (Anthropic 2023, adapted to TopK): a latent dead for a whole dead window is re-pointed at the
+    # residual of a high-error token of the last batch (chosen with probability ∝ error²), encoder at the live
+    # latents' mean norm and bias, its Adam moments reset; at most once per window, never during the lr decay
+    resample_dead: bool = False
     # bookkeeping
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # steps; 0: no periodic checkpoints
@@ -179,7 +183,7 @@ class TrainConfig:
                 isinstance(v, int) and not isinstance(v, bool) for v in w):
             raise ConfigError(f"matryoshka_widths must be a non-empty list of ints, got {w!r}",
                               field="matryoshka_widths")
-        if any(a >= b for a, b in zip(w, w[1:])) or w[0] <= 0:
+        if any(w[i] >= w[i + 1] for i in range(len(w) - 1)) or w[0] <= 0:
             raise ConfigError(f"matryoshka_widths must be positive and strictly increasing, got {list(w)}",
                               field="matryoshka_widths")
         if w[-1] != self.d_sae:

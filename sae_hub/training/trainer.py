@@ -9,6 +9,9 @@ Architectures and their losses (x is scaled to E‖x‖ = √d_in, the constant 
   min(#dead / k_aux, 1).
 - **batchtopk** (Bussmann et al. 2024): the k·B largest relu(z) over the whole batch, same loss; saved either as
   a jumprelu SAE with one global threshold calibrated on held-out tokens, or as a plain topk SAE.
+- **matryoshka_batchtopk** (Bussmann et al. 2025, Nabeshima 2024): batchtopk's selection over the whole dictionary,
+  and every nested prefix [0, m_i) of it (``matryoshka_widths``) reconstructs x on its own: L = Σ_i ‖x − x̂_i‖²/σ²
+  + α·AuxK, x̂_i = b_dec + the selected latents below m_i (the sum over levels, as SAELens). Saved as batchtopk is.
 - **relu**: Anthropic's April 2024 recipe: L = ‖x − x̂‖² + λ·Σ_j f_j‖W_dec_j‖, no decoder-norm constraint, λ warmed
   up, lr warmed up and decayed, gradient clipping at 1; decoder norms are folded into the encoder at save.
 - **jumprelu** (Rajamanoharan et al. 2024): f = z·H(z − θ) with θ = exp(log θ) learned through a straight-through
@@ -60,11 +63,12 @@ from sae_hub.training.checkpoint import (
     resume_path,
     write_checkpoint,
 )
-from sae_hub.training.config import TrainConfig
+from sae_hub.training.config import SPARSE_ARCHITECTURES, TrainConfig
 from sae_hub.training.distributed import all_reduce_mean_, fused_adam_kwargs, init_distributed, resolve_device
 from sae_hub.training.kernels import (
     Heaviside,
     JumpReLU,
+    Pairs,
     Selection,
     SparseDecode,
     SparseEncode,
@@ -217,6 +221,7 @@ class _Forward(NamedTuple):
     aux_hat: torch.Tensor | None  # [b, d_in] AuxK reconstruction from dead latents (None while none is dead)
     pre: torch.Tensor | None  # [b, d_sae] pre-activations (relu/jumprelu)
     theta: torch.Tensor | None  # [d_sae] thresholds exp(log θ) (jumprelu)
+    prefixes: torch.Tensor | None = None  # [L-1, b, d_in] matryoshka: inner prefixes' reconstructions, less b_dec
 
 
 class _StepOut(NamedTuple):
@@ -253,7 +258,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype.removeprefix("torch."))
         if cfg.encoder_bf16 is None:  # the default: bf16 encoder GEMM where it is fast (recorded resolved)
-            self.cfg = cfg = dataclasses.replace(cfg, encoder_bf16=cfg.architecture in ("topk", "batchtopk")
+            self.cfg = cfg = dataclasses.replace(cfg, encoder_bf16=cfg.architecture in SPARSE_ARCHITECTURES
                                                  and self.dtype == torch.float32
                                                  and int(cfg.d_in or 0) * cfg.d_sae >= _BF16_MIN_WEIGHTS
                                                  and fast_bf16(self.device))
@@ -265,15 +270,18 @@ class Trainer:
                       {"params": [self.params.W_dec], "lr_scale": cfg.decoder_lr_scale}]
         self.opt = torch.optim.Adam(groups, lr=cast(float, cfg.lr), betas=cfg.adam_betas,
                                     eps=cfg.adam_eps, **fused_adam_kwargs(self.device))
-        self.sparse = cfg.architecture in ("topk", "batchtopk")
+        self.sparse = cfg.architecture in SPARSE_ARCHITECTURES
         self.unit_norm_decoder = cfg.architecture != "relu"
         # issue-16 option decoder_norm="rescale": free decoder rows, see _effective_weights (no unit-norm steps)
         self.rescale_decoder = self.sparse and cfg.decoder_norm == "rescale"
         if self.rescale_decoder:
             self.unit_norm_decoder = False
-        self.sel = Selection(k=int(cfg.k or 0), batch_level=cfg.architecture == "batchtopk",
+        self.sel = Selection(k=int(cfg.k or 0), batch_level=cfg.architecture in ("batchtopk", "matryoshka_batchtopk"),
                              max_per_token=int(cfg.batchtopk_max_per_token or 0), bf16=bool(cfg.encoder_bf16),
                              workspace={})
+        # matryoshka_batchtopk: the prefix widths m_1 < ... < m_L = d_sae on the device (see _matryoshka_forward)
+        self.matryoshka = (torch.tensor(cfg.matryoshka_widths, dtype=torch.long, device=self.device)
+                           if cfg.architecture == "matryoshka_batchtopk" else None)
         self.aux_scale = 0.0
         # per-rank window: the ranks' windows together span dead_window_tokens, in lockstep with one process
         window = int(cfg.dead_window_tokens or 10_000_000)  # always set by resolved()
@@ -284,6 +292,9 @@ class Trainer:
         self._theta_ema = torch.zeros((), device=self.device, dtype=torch.float64)
         self._theta_weight = 0.0
         self.threshold_source: str | None = None
+        # resample_dead (issue-16 option): the last batch and its reconstruction, when each latent was resampled
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._resampled_at = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
         if cfg.steps is None:
             warnings.warn("the run length is unknown (no steps, total_tokens or sized data): training to the end "
                           "of the activations, lr constant after warmup", stacklevel=3)
@@ -340,6 +351,8 @@ class Trainer:
         # log: sums stay on the device; _log_metrics pulls them every log_every steps
         self._acc += torch.stack([t.detach().double() for t in out[1:]] + [self._acc.new_ones(())])
         self._fvu.update(x, out.x_hat.detach())
+        if cfg.resample_dead:
+            self._last = (x, out.x_hat.detach())
         self.step_no += 1
         self.tokens += x.shape[0] * self.world_size
         # dead-latent bookkeeping, part 2: when a tracker block just closed, refresh AuxK's dead set
@@ -353,6 +366,8 @@ class Trainer:
             b_in = p.b_dec if cfg.apply_b_dec_to_input else None
             W_encT, b_enc, W_dec = self._effective_weights()
             vals, avals, pairs, apairs = SparseEncode.apply(x, W_encT, b_enc, b_in, self.sel)  # [M], [b·k_aux]
+            if self.matryoshka is not None:  # matryoshka_batchtopk: every prefix's reconstruction, one decode
+                return self._matryoshka_forward(vals, avals, pairs, apairs, W_dec)
             dec, e_hat = SparseDecode.apply(W_dec, vals, pairs, avals, apairs, self.sel.workspace)  # [b, d_in] each
             x_hat = dec + p.b_dec  # [b, d_in]
             return _Forward(x_hat, vals, pairs.latents, e_hat if apairs is not None else None, None, None)
@@ -365,6 +380,37 @@ class Trainer:
             f = JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)  # [b, d_sae]
         x_hat = f @ p.W_dec + p.b_dec  # [b, d_in]
         return _Forward(x_hat, f, None, None, pre, theta)
+
+    def _matryoshka_forward(self, vals: torch.Tensor, avals: torch.Tensor, pairs: Pairs, apairs: Pairs | None,
+                            W_dec: torch.Tensor) -> _Forward:
+        """Matryoshka's reconstructions of every prefix ``[0, m_i)`` of the dictionary, from one sparse decode.
+
+        Why one decode: prefix i's reconstruction is the sum of the contributions of levels ≤ i (level ℓ: the
+        latents in ``[m_ℓ-1, m_ℓ)``), so the selected pairs are regrouped into ``L·b`` bags by (level, token),
+        decoded once by :class:`SparseDecode` (batchtopk's sparse forward and backward over the same ``M`` pairs,
+        no ``[b, d_sae]`` tensor), and the prefixes are a cumulative sum over levels, ``[L, b, d_in]``. The
+        cumsum's backward hands level ℓ the summed gradient of every prefix containing it, which is exactly
+        ∂(Σ_i loss_i)/∂(level ℓ's part). The regrouping is a counting sort (a one-hot cumsum over the L levels),
+        not an argsort, which is slow on shared cores (see :class:`ThreadTuner`).
+        """
+        widths = cast(torch.Tensor, self.matryoshka)  # [L]
+        L, B, M = widths.numel(), pairs.offsets.numel(), pairs.latents.numel()
+        level = torch.searchsorted(widths, pairs.latents, right=True)  # [M] level of each pair, in [0, L)
+        arange = torch.arange(max(M, L * B), device=level.device)  # [max(M, L·b)]
+        tokens = torch.repeat_interleave(arange[:B], pairs.crow.diff(), output_size=M)  # [M] token of each pair
+        onehot = F.one_hot(level, L)  # [M, L]
+        per_level = onehot.sum(0)  # [L] pairs in each level
+        rank = onehot.cumsum(0).gather(1, level[:, None]).squeeze(1) - 1  # [M] place within its level (token order)
+        dest = (per_level.cumsum(0) - per_level)[level] + rank  # [M] position in (level, token) order
+        order = torch.empty_like(dest).scatter_(0, dest, arange[:M])  # [M] the pair at each grouped position
+        keys = (level * B + tokens).index_select(0, order)  # [M] bag (level·b + token) of each grouped pair, sorted
+        grouped = Pairs(pairs.latents.index_select(0, order), torch.searchsorted(keys, arange[:L * B]),
+                        pairs.n_latents)  # L·b bags
+        dec, e_hat = SparseDecode.apply(W_dec, vals.index_select(0, order), grouped, avals, apairs,
+                                        self.sel.workspace)  # [L·b, d_in], [b, d_in] or [0]
+        prefixes = dec.view(L, B, -1).cumsum(0)  # [L, b, d_in] prefix i: the selected latents below m_i
+        x_hat = prefixes[-1] + self.params.b_dec  # [b, d_in] the whole dictionary's reconstruction
+        return _Forward(x_hat, vals, pairs.latents, e_hat if apairs is not None else None, None, None, prefixes[:-1])
 
     def _effective_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(W_encT, b_enc, W_dec) as the SAE computes with them. The parameters themselves, except with
@@ -398,7 +444,10 @@ class Trainer:
             if fwd.aux_hat is not None:  # AuxK: dead latents predict what the live ones missed
                 aux = self.aux_scale * (fwd.aux_hat - err.detach()).pow(2).sum(-1).mean() / self.var
             l0 = (fwd.f > 0).sum() / x.shape[0]
-            return _StepOut(fwd.x_hat, recon + cfg.auxk_alpha * aux, recon, aux, aux.new_zeros(()), l0)
+            loss = recon + cfg.auxk_alpha * aux
+            if fwd.prefixes is not None:  # matryoshka: + each inner prefix's own normalised MSE (summed, as SAELens)
+                loss = loss + (x - p.b_dec - fwd.prefixes).pow(2).sum(-1).mean(-1).sum() / self.var
+            return _StepOut(fwd.x_hat, loss, recon, aux, aux.new_zeros(()), l0)
         if cfg.architecture == "relu":  # Anthropic April 2024: L1 on f·‖W_dec_j‖
             sparsity = (fwd.f * p.W_dec.norm(dim=-1)).sum(-1).mean()
         else:  # jumprelu: straight-through L0
@@ -429,6 +478,45 @@ class Trainer:
         k_aux = min(int(self.cfg.k_aux or 0), n_dead)
         self.sel.dead_idx, self.sel.k_aux = (dead, k_aux) if k_aux > 0 else (None, 0)
         self.aux_scale = min(n_dead / max(int(self.cfg.k_aux or 1), 1), 1.0)
+        if self.cfg.resample_dead and n_dead:
+            self._resample(dead, counts > 0)
+
+    @torch.no_grad()
+    def _resample(self, dead: torch.Tensor, alive: torch.Tensor) -> None:
+        """``resample_dead``: re-point latents dead for a whole window (and not resampled within one) at the
+        residuals of high-error tokens of the last batch. Why: with as many latents as true features each dead
+        latent is a missed feature, and AuxK alone revives them slowly in a short run."""
+        cfg, p = self.cfg, self.params
+        steps, window = int(cfg.steps or 0), int(cfg.dead_window_tokens or 0)
+        if self._last is None or not alive.any() or (steps and self.step_no >= (1 - cfg.lr_decay_fraction) * steps):
+            return
+        dead = dead[self.tokens - self._resampled_at[dead] >= window]  # dead a whole window, not just resampled
+        if not dead.numel():
+            return
+        x, x_hat = self._last
+        err = x - x_hat  # [b, d_in]
+        g = torch.Generator(device=x.device).manual_seed(cfg.seed * 1_000_003 + self.step_no)
+        weight = err.pow(2).sum(-1) + 1e-12  # [b]
+        picks = torch.multinomial(weight, dead.numel(), replacement=dead.numel() > weight.numel(), generator=g)
+        dirs = F.normalize(err[picks], dim=-1)  # [n_dead, d_in]
+        W_encT, b_enc, _ = self._effective_weights()
+        enc_norm, bias = W_encT[alive].norm(dim=-1).mean(), b_enc[alive].mean()
+        dec_norm = p.W_dec[alive].norm(dim=-1).mean() if self.rescale_decoder else 1.0  # rescale: V's scale
+        p.W_dec[dead] = (dirs * dec_norm).to(p.W_dec.dtype)
+        p.W_encT[dead] = (dirs * (enc_norm / dec_norm)).to(p.W_encT.dtype)  # effective: dirs · enc_norm
+        p.b_enc[dead] = (bias / dec_norm).to(p.b_enc.dtype)
+        for q in (p.W_dec, p.W_encT, p.b_enc):  # Adam: no momentum, the live rows' mean second moment
+            st = self.opt.state.get(q, {})
+            if "exp_avg" in st:
+                st["exp_avg"][dead] = 0
+                st["exp_avg_sq"][dead] = st["exp_avg_sq"][alive].mean(0)
+        if self.world_size > 1:  # ranks' last batches differ: rank 0's choice wins
+            for q in (p.W_dec, p.W_encT, p.b_enc):
+                dist.broadcast(q.data, 0)
+                for t in self.opt.state.get(q, {}).values():
+                    if t.dim():
+                        dist.broadcast(t, 0)
+        self._resampled_at[dead] = self.tokens
 
     # ------------------------------------------------------------------ init
 
@@ -526,6 +614,11 @@ class Trainer:
         if out and self.rank == 0:
             sae.save_pretrained(out, sparsity=sparsity)
         sae.training_log = self.log  # the scalar log, also in cfg.extra["metrics"]
+        if self.rank == 0:  # callbacks with an end hook (sae_hub.training.callbacks.WandbCallback) get the SAE
+            for cb in self.callbacks:
+                end = getattr(cb, "on_train_end", None)
+                if callable(end):
+                    end(sae)
         return sae
 
     def _log_metrics(self, bar: Any) -> None:
@@ -579,8 +672,10 @@ class Trainer:
         tensors = {"W_enc": W_encT.t().contiguous().clone(), "b_enc": b_enc.clone(),
                    "W_dec": W_dec.clone(), "b_dec": p.b_dec.clone()}
         arch = cfg.architecture
-        if arch == "batchtopk":
+        if arch in ("batchtopk", "matryoshka_batchtopk"):
             arch = cfg.batchtopk_save_as
+        if cfg.architecture == "matryoshka_batchtopk":  # a plain jumprelu/topk SAE; the nesting is provenance
+            self._extra_metadata["matryoshka_widths"] = list(cfg.matryoshka_widths or [])
         if arch == "jumprelu":
             if cfg.architecture == "jumprelu":
                 tensors["threshold"] = p.log_threshold.exp().clone()
