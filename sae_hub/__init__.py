@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "CrossCoderConfig": "sae_hub.multilayer",
     "splice_replacement": "sae_hub.replacement",
     "from_pretrained": "sae_hub.pretrained",
+    "TemporalSAE": "sae_hub.temporal",
+    "TemporalConfig": "sae_hub.temporal",
 }
 _ERRORS = (
     "SaeHubError", "MissingFileError", "CorruptFileError", "ConfigError", "UnknownArchitectureError",
@@ -67,6 +69,8 @@ if TYPE_CHECKING:
     from sae_hub.sae import SAE as SAE
     from sae_hub.splicing import run_with_saes as run_with_saes
     from sae_hub.splicing import splice as splice
+    from sae_hub.temporal import TemporalConfig as TemporalConfig
+    from sae_hub.temporal import TemporalSAE as TemporalSAE
 
 
 _SUBMODULES = {"registry", "loaders", "hub", "releases", "training", "analysis", "extras"}

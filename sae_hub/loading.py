@@ -74,7 +74,8 @@ class Loader:
     config_files: tuple[str, ...] = ()
     load_config: ConfigFn | None = None
     priority: int = 0
-    # what load returns: "sae" (SAEConfig), "multilayer" (MultiLayerConfig) or "crosscoder" (CrossCoderConfig)
+    # what load returns: "sae" (SAEConfig), "multilayer" (MultiLayerConfig), "crosscoder" (CrossCoderConfig) or
+    # "temporal" (sae_hub.temporal.TemporalConfig)
     kind: str = "sae"
 
     @functools.cached_property
@@ -153,9 +154,9 @@ def register_loader(
         raise LoaderRegistrationError(f"loader {name!r}: declare the files it reads")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise LoaderRegistrationError(f"loader {name!r}: priority must be an int, got {priority!r}")
-    if kind not in ("sae", "multilayer", "crosscoder"):
-        raise LoaderRegistrationError(f"loader {name!r}: kind must be 'sae', 'multilayer' or 'crosscoder', got "
-                                      f"{kind!r}")
+    if kind not in ("sae", "multilayer", "crosscoder", "temporal"):
+        raise LoaderRegistrationError(f"loader {name!r}: kind must be 'sae', 'multilayer', 'crosscoder' or "
+                                      f"'temporal', got {kind!r}")
 
     def decorator(fn: LoadFn) -> LoadFn:
         if not callable(fn):
@@ -548,6 +549,8 @@ def load_local(
     if loader.kind != kind:
         what, use = {"multilayer": ("a multi-layer dictionary (transcoder set or CLT)", "sae_hub.MultiLayerDictionary"),
                      "crosscoder": ("a crosscoder (one latent space over several sites)", "sae_hub.CrossCoder"),
+                     "temporal": ("a temporal SAE (it codes each token partly from the earlier tokens of its "
+                                  "sequence, so it is not per-token)", "sae_hub.TemporalSAE"),
                      }.get(loader.kind, ("a single-layer SAE", "sae_hub.SAE"))
         raise UnsupportedSAEError(f"format {name!r} holds {what}; load it with {use}.load_from_disk", path=p,
                                   field="format")

@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sae_hub.multilayer import CrossCoder, MultiLayerDictionary
     from sae_hub.sae import SAE
+    from sae_hub.temporal import TemporalSAE
 
 __all__ = ["from_pretrained"]
 
 
 def from_pretrained(release: str, sae_id: str, *, revision: str | None = None, format: str | None = None,
-                    **kwargs: Any) -> SAE | MultiLayerDictionary | CrossCoder:
+                    **kwargs: Any) -> SAE | MultiLayerDictionary | CrossCoder | TemporalSAE:
     """Load ``sae_id`` of ``release`` (or of a Hub repo id): an :class:`SAE` for a single layer, a
     :class:`~sae_hub.multilayer.MultiLayerDictionary` for a transcoder set or CLT release, a
-    :class:`~sae_hub.multilayer.CrossCoder` for a crosscoder release.
+    :class:`~sae_hub.multilayer.CrossCoder` for a crosscoder release, a :class:`~sae_hub.temporal.TemporalSAE` for a
+    temporal SAE release.
 
     ``kwargs`` are those of ``SAE.from_pretrained`` (``device``, ``dtype``, ``force_download``,
     ``local_files_only``, loader options).
@@ -39,6 +41,10 @@ def from_pretrained(release: str, sae_id: str, *, revision: str | None = None, f
         from sae_hub.multilayer import CrossCoder
 
         return CrossCoder.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
+    if kind == "temporal":
+        from sae_hub.temporal import TemporalSAE
+
+        return TemporalSAE.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
     from sae_hub.sae import SAE
 
     return SAE.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)

@@ -691,11 +691,13 @@ def _refuse_multilayer(src: Any) -> None:
     from sae_hub.loading import get_loader
 
     kind = get_loader(src.format).kind if src.format is not None else "sae"
-    if kind in ("multilayer", "crosscoder"):
+    if kind in ("multilayer", "crosscoder", "temporal"):
         rel = src.release.name if src.release is not None else src.repo_id
         sid = src.entry.id if src.entry is not None else src.path
-        what, cls = (("a multi-layer dictionary", "MultiLayerDictionary") if kind == "multilayer"
-                     else ("a crosscoder (one latent space over several sites)", "CrossCoder"))
+        what, cls = {"multilayer": ("a multi-layer dictionary", "MultiLayerDictionary"),
+                     "crosscoder": ("a crosscoder (one latent space over several sites)", "CrossCoder"),
+                     "temporal": ("a temporal SAE (each token coded partly from the earlier tokens of its sequence)",
+                                  "TemporalSAE")}[kind]
         raise UnsupportedSAEError(
             f"{rel!r} / {sid!r} is {what} (format {src.format!r}): load it with "
             f"sae_hub.{cls}.from_pretrained({rel!r}, {sid!r}) (or sae_hub.from_pretrained)",
