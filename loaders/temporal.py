@@ -100,13 +100,12 @@ def _config(folder: Path) -> TemporalConfig:
             "of the whole batch (a sequence's codes depend on the other sequences) and updates expected_min_act on "
             "every forward, which is not a function of one sequence; set sae.inference_mode_batchtopk: true in "
             "conf.yaml to load its threshold (inference) mode", path=conf, field="sae.inference_mode_batchtopk")
-    try:
+    fields = {name: _field(sae, name, conf, "sae", kind) for name, kind in (
+        ("n_heads", "int"), ("n_attn_layers", "int"), ("bottleneck_factor", "int"), ("tied_weights", "bool"),
+        ("scaling_factor", "number"))}
+    try:  # each field is well-typed; what remains is whether they fit together
         cfg = TemporalConfig(
-            d_in=d_in, d_sae=int(d_in * exp), n_heads=_field(sae, "n_heads", conf, "sae", "int"),
-            n_attn_layers=_field(sae, "n_attn_layers", conf, "sae", "int"),
-            bottleneck_factor=_field(sae, "bottleneck_factor", conf, "sae", "int"), sae_diff_type=diff, k=k,
-            tied_weights=_field(sae, "tied_weights", conf, "sae", "bool"),
-            scaling_factor=float(_field(sae, "scaling_factor", conf, "sae", "number")),
+            d_in=d_in, d_sae=int(d_in * exp), sae_diff_type=diff, k=k, **fields,
             model_name=llm.get("model_hf_name") if isinstance(llm.get("model_hf_name"), str) else None)
     except ConfigError as e:  # a combination of fields that does not fit: name the conf field
         conf_field = {"k": "sae.kval_topk", "d_sae": "sae.exp_factor", "d_in": "llm.dimin"}.get(

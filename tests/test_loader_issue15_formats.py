@@ -1,6 +1,6 @@
 """Issue 15 loaders: one source layer of a circuit-tracer CLT (clt-source-layer), Kissane et al.'s hook_z SAEs
-(connor-rob-hook-z), qresearch's DeepSeek-R1 SAE (deepseek-r1), temporal SAEs (refused), and the Hub side: one layer
-of a CLT release fetches that layer's files alone, and multi-layer releases load through their own class.
+(connor-rob-hook-z), qresearch's DeepSeek-R1 SAE (deepseek-r1), temporal SAEs (SAE names TemporalSAE), and the Hub side:
+one layer of a CLT release fetches that layer's files alone, and multi-layer releases load through their own class.
 
 References are formulas written here (float64) from the files' raw tensors, never sae-hub's own code.
 """
@@ -149,13 +149,14 @@ def test_deepseek_r1_state_dict(tmp_path: Path, dtype: torch.dtype):
     assert e.value.field == "decoder.bias"
 
 
-def test_temporal_sae_is_refused_with_the_reason(tmp_path: Path):
+def test_temporal_sae_is_refused_by_sae_naming_its_class(tmp_path: Path):
+    # temporal SAEs load exactly into sae_hub.TemporalSAE (tests/test_temporal.py); SAE refuses them by name
     (tmp_path / "conf.yaml").write_text("sae: {n_heads: 4, n_attn_layers: 1, sae_diff_type: topk, kval_topk: 192}\n"
                                         "llm: {dimin: 8}\n")
     save_file({"D": torch.zeros(16, 8), "b": torch.zeros(8)}, tmp_path / "latest_ckpt.safetensors")
-    with pytest.raises(UnsupportedSAEError, match="earlier tokens") as e:
-        SAE.load_from_disk(tmp_path)  # detected, then refused
-    assert str(e.value.path).endswith("conf.yaml")
+    with pytest.raises(UnsupportedSAEError, match=r"earlier tokens.*TemporalSAE\.load_from_disk") as e:
+        SAE.load_from_disk(tmp_path)  # detected, then refused before the files are read
+    assert e.value.field == "format"
 
 
 # ------------------------------------------------------------------------------------------------ Hub side
