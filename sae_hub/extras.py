@@ -28,6 +28,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "lens": ("transformer-lens", "transformers", "datasets"),
     "train": ("transformer-lens", "transformers", "datasets", "scipy"),
     "nnsight": ("transformer-lens", "transformers", "datasets", "nnsight"),
+    "wandb": ("wandb",),
 }
 
 #: import name -> the extra that provides it, for the packages sae-hub imports optionally.
@@ -40,6 +41,7 @@ MODULE_EXTRA: dict[str, str] = {
     "datasets": "lens",
     "scipy": "train",  # Hungarian matching (mcc) in evaluate_recovery
     "nnsight": "nnsight",  # an nnsight LanguageModel is adapted without importing nnsight; only its tests need it
+    "wandb": "wandb",  # sae_hub.training.callbacks.WandbCallback
 }
 
 

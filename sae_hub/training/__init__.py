@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "latest_checkpoint": "sae_hub.training.checkpoint",
     "sparse_encode": "sae_hub.training.kernels",
     "sparse_decode": "sae_hub.training.kernels",
+    # optional experiment logging (wandb imported only when a WandbCallback is made)
+    "WandbCallback": "sae_hub.training.callbacks",
     # synthetic data with planted features, and recovery metrics
     "SyntheticActivations": "sae_hub.training.synthetic",
     "evaluate_recovery": "sae_hub.training.synthetic",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from sae_hub.training.activations import as_source as as_source
     from sae_hub.training.activations import cache_activations as cache_activations
     from sae_hub.training.activations import pack_tokens as pack_tokens
+    from sae_hub.training.callbacks import WandbCallback as WandbCallback
     from sae_hub.training.checkpoint import latest_checkpoint as latest_checkpoint
     from sae_hub.training.config import TrainConfig as TrainConfig
     from sae_hub.training.evaluate import evaluate as evaluate
