@@ -24,9 +24,10 @@ pre-activation between the threshold and 0 passes through negative here. So a pe
 (:meth:`MultiLayerDictionary.layer_sae`) is refused for a layer with a negative threshold rather than changed.
 
 Features and outputs go in and out as ``{model_layer: tensor}`` dicts (a stacked tensor or a sequence in
-``cfg.layers`` order is accepted as input too), because ``d_sae`` may differ per layer. Math runs in float32 and
-results are cast to the weight dtype, as in :mod:`sae_hub.sae`. Loading memory-maps: tensors read through
-:func:`sae_hub.files.read_safetensors` become the parameters without a copy.
+``cfg.layers`` order is accepted as input too), because ``d_sae`` may differ per layer. Math runs in float32
+(float64 for float64 weights: :func:`compute_dtype`) and results are cast to the weight dtype, as in
+:mod:`sae_hub.sae`. Loading memory-maps: tensors read through :func:`sae_hub.files.read_safetensors` become the
+parameters without a copy.
 
 A per-layer view is exact, and :meth:`~MultiLayerDictionary.layer_sae` returns an ``SAE`` transcoder, only when
 source ``i`` writes to its own layer alone and no other source writes there (always so for a transcoder set;
@@ -73,12 +74,18 @@ if TYPE_CHECKING:
     from sae_hub.sae import SAE
 
 __all__ = ["KINDS", "MULTILAYER_ARCHITECTURES", "CrossCoder", "CrossCoderConfig", "MultiLayerConfig",
-           "MultiLayerDictionary", "circuit_tracer_files", "crosscoder_param_shapes", "layer_of",
+           "MultiLayerDictionary", "circuit_tracer_files", "compute_dtype", "crosscoder_param_shapes", "layer_of",
            "multilayer_param_shapes", "save_circuit_tracer"]
 
 KINDS = ("transcoder_set", "clt")
 MULTILAYER_ARCHITECTURES = ("relu", "jumprelu", "topk")
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What multi-layer dictionaries and crosscoders compute in for weights of ``dtype``: float32, or float64 for
+    float64 weights (half-precision weights are upcast: thresholds and sums decided in bf16 would flip)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _posint(value: Any, name: str) -> int:
@@ -265,6 +272,12 @@ class MultiLayerDictionary(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.b_dec[0].dtype
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32, or float64 for float64 weights (a float64 dictionary is for exact references, e.g. finite
+        differences, which float32 rounding would swamp)."""
+        return compute_dtype(self.dtype)
+
     # ------------------------------------------------------------------ compute
 
     def _pos(self, layer: int) -> int:
@@ -281,13 +294,14 @@ class MultiLayerDictionary(nn.Module):
         """Features ``[..., d_sae_l]`` of model layer ``layer`` for its input activations ``x [..., d_in]``."""
         i = self._pos(layer)
         self._check_input(x, layer)
-        z = x.float() @ self.W_enc[i].float() + self.b_enc[i].float()
+        ct = self.compute_dtype
+        z = x.to(ct) @ self.W_enc[i].to(ct) + self.b_enc[i].to(ct)
         arch = self.cfg.architecture
         if arch == "relu":
             f = F.relu(z)
         elif arch == "jumprelu":
             assert self.threshold is not None
-            f = z * (z > self.threshold[i].float())
+            f = z * (z > self.threshold[i].to(ct))
         else:
             vals, idx = F.relu(z).topk(int(self.cfg.k or 0), dim=-1, sorted=False)
             f = torch.zeros_like(z).scatter_(-1, idx, vals)
@@ -335,10 +349,11 @@ class MultiLayerDictionary(nn.Module):
             raise ShapeMismatchError(f"features of different layers have different leading shapes {sorted(lead)}",
                                      field="features")
         out: dict[int, torch.Tensor] = {}
+        ct = self.compute_dtype
         for t, writers in enumerate(self._writers):
-            acc = self.b_dec[t].float().expand(*fs[0].shape[:-1], -1).clone()
+            acc = self.b_dec[t].to(ct).expand(*fs[0].shape[:-1], -1).clone()
             for i, j in writers:
-                acc = acc + fs[i].float() @ self.W_dec[i][:, j, :].float()
+                acc = acc + fs[i].to(ct) @ self.W_dec[i][:, j, :].to(ct)
             out[self.cfg.layers[t]] = acc.to(self.dtype)
         return out
 
@@ -348,7 +363,8 @@ class MultiLayerDictionary(nn.Module):
             raise ConfigError("this dictionary has no skip connection", field="has_skip")
         t = self._pos(layer)
         self._check_input(x, layer)
-        return (x.float() @ self.W_skip[t].float().T).to(self.dtype)
+        ct = self.compute_dtype
+        return (x.to(ct) @ self.W_skip[t].to(ct).T).to(self.dtype)
 
     def forward(self, inputs: Mapping[int, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor
                 ) -> dict[int, torch.Tensor]:
@@ -357,7 +373,8 @@ class MultiLayerDictionary(nn.Module):
         out = self.decode(self.encode_all(xs))
         if self.W_skip is not None:
             for t, layer in enumerate(self.cfg.layers):
-                out[layer] = (out[layer].float() + xs[t].float() @ self.W_skip[t].float().T).to(self.dtype)
+                ct = self.compute_dtype
+                out[layer] = (out[layer].to(ct) + xs[t].to(ct) @ self.W_skip[t].to(ct).T).to(self.dtype)
         return out
 
     # ------------------------------------------------------------------ views
@@ -628,6 +645,12 @@ class CrossCoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.b_dec[0].dtype
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32, or float64 for float64 weights (a float64 dictionary is for exact references, e.g. finite
+        differences, which float32 rounding would swamp)."""
+        return compute_dtype(self.dtype)
+
     def _sites(self, values: Sequence[torch.Tensor] | torch.Tensor, what: str, width: int) -> list[torch.Tensor]:
         if not isinstance(values, (torch.Tensor, Sequence)) or len(values) != self.cfg.n_sites:
             raise ShapeMismatchError(f"{what} must hold one tensor per site ({self.cfg.n_sites})", field=what)
@@ -641,17 +664,19 @@ class CrossCoder(nn.Module):
     def encode(self, inputs: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         """Features of each site ``[..., d_sae]`` from the inputs of every site."""
         xs = self._sites(inputs, "inputs", self.cfg.d_in)
-        s = sum(x.float() @ self.W_enc[h].float() + self.b_enc[h].float() for h, x in enumerate(xs))
+        ct = self.compute_dtype
+        s = sum(x.to(ct) @ self.W_enc[h].to(ct) + self.b_enc[h].to(ct) for h, x in enumerate(xs))
         assert isinstance(s, torch.Tensor)
         if self.threshold is None:
             f = F.relu(s).to(self.dtype)
             return [f] * self.cfg.n_sites
-        return [(s * (s > th.float())).to(self.dtype) for th in self.threshold]
+        return [(s * (s > th.to(ct))).to(self.dtype) for th in self.threshold]
 
     def decode(self, features: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         """Outputs ``[..., d_out]`` of each site from its features."""
         fs = self._sites(features, "features", self.cfg.d_sae)
-        return [(f.float() @ self.W_dec[h].float() + self.b_dec[h].float()).to(self.dtype) for h, f in enumerate(fs)]
+        ct = self.compute_dtype
+        return [(f.to(ct) @ self.W_dec[h].to(ct) + self.b_dec[h].to(ct)).to(self.dtype) for h, f in enumerate(fs)]
 
     def forward(self, inputs: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         return self.decode(self.encode(inputs))

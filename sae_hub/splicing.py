@@ -414,13 +414,13 @@ def run_with_saes(
     calls) raises :class:`~sae_hub.errors.ConfigError` rather than returning nothing.
 
     A :class:`~sae_hub.multilayer.MultiLayerDictionary` (transcoder set, CLT) as ``saes`` returns
-    ``{model layer: features}`` (see :func:`sae_hub.replacement.run_with_dictionary`; splicing runs the replacement
-    model).
+    ``{model layer: features}``, a :class:`~sae_hub.multilayer.CrossCoder` ``{site position: features}`` (see
+    :func:`sae_hub.replacement.run_with_dictionary`; splicing runs the replacement model).
     """
     # --- multi-layer dictionaries: the replacement model (sae_hub.replacement) ---
-    from sae_hub.multilayer import MultiLayerDictionary
+    from sae_hub.multilayer import CrossCoder, MultiLayerDictionary
 
-    if isinstance(saes, MultiLayerDictionary):
+    if isinstance(saes, (MultiLayerDictionary, CrossCoder)):
         from sae_hub.replacement import run_with_dictionary
 
         # keys are model layers (int) here, not SAE names: the declared dict[str, Any] is for SAEs

@@ -38,7 +38,8 @@ def fam(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return tiny_family("gpt2", tmp_path_factory.mktemp("families"))
 
 
-def make_dict(kind: str, arch: str, skip: bool, seed: int = 0, **hooks: Any) -> MultiLayerDictionary:
+def make_dict(kind: str, arch: str, skip: bool, seed: int = 0, dtype: torch.dtype = torch.float32,
+              **hooks: Any) -> MultiLayerDictionary:
     cfg = MultiLayerConfig(
         kind=kind, layers=LAYERS, d_in=D_MODEL, d_sae=[48, 40], architecture=arch, has_skip=skip,
         k=6 if arch == "topk" else None,
@@ -59,7 +60,7 @@ def make_dict(kind: str, arch: str, skip: bool, seed: int = 0, **hooks: Any) -> 
             t = 0.2 * t / D_MODEL ** 0.5
         else:
             t = 0.3 * t
-        tensors[key] = t.float()
+        tensors[key] = t.float().to(dtype)
     return MultiLayerDictionary.from_state_dict(cfg, tensors)
 
 
@@ -76,11 +77,14 @@ def manual_encode(sd: dict[str, torch.Tensor], d: MultiLayerDictionary, i: int, 
 
 
 def manual_hf(hf: Any, d: MultiLayerDictionary, tokens: torch.Tensor, *, edit_layer: int | None = None,
-              error_term: bool = False) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+              error_term: bool = False, frozen: dict[int, torch.Tensor] | None = None,
+              errors_out: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """GPT-2 with raw torch hooks: the MLP input normalised by hand; the MLP output replaced by the dictionary's
     output from this pass's features. ``edit_layer``: that layer's features zeroed; ``error_term``: the model's own
-    MLP output plus the decoded feature change instead (circuit-tracer's intervention)."""
-    sd = {k: v.detach().float() for k, v in d.canonical_state_dict().items()}
+    MLP output plus the decoded feature change instead (circuit-tracer's intervention); ``frozen``: the
+    reconstruction plus these constant per-layer errors instead. ``errors_out``: a clean pass (nothing replaced)
+    that records each layer's ``MLP output - reconstruction``, circuit-tracer's error vectors."""
+    sd = {k: v.detach().to(hf.dtype) for k, v in d.canonical_state_dict().items()}
     eps = hf.config.layer_norm_epsilon
     targets = d.cfg.targets
     assert targets is not None
@@ -90,7 +94,7 @@ def manual_hf(hf: Any, d: MultiLayerDictionary, tokens: torch.Tensor, *, edit_la
 
     def pre_ln2(i: int) -> Any:
         def hook(module: Any, args: Any) -> None:
-            h = args[0].float()
+            h = args[0]
             x = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + eps)
             xs[i] = x
             clean[i] = manual_encode(sd, d, i, x)
@@ -106,6 +110,11 @@ def manual_hf(hf: Any, d: MultiLayerDictionary, tokens: torch.Tensor, *, edit_la
 
     def mlp_out(t: int) -> Any:
         def hook(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+            if errors_out is not None:
+                errors_out[t] = (output - decoded(t, clean)).detach()
+                return output
+            if frozen is not None:
+                return decoded(t, feats) + frozen[t]
             if error_term:
                 return output + (decoded(t, feats) - decoded(t, clean))
             return decoded(t, feats)  # a per-position constant differs from what sae-hub writes: every reader
@@ -322,6 +331,123 @@ def test_features_are_on_the_autograd_graph(fam):
     f0 = rp.features[0]
     (grad,) = torch.autograd.grad(logits[0, -1].logsumexp(-1), f0)
     assert grad.abs().sum() > 0  # layer 0's features reach the logits through layer 0's and layer 1's decoders
+
+
+@pytest.mark.parametrize(("kind", "arch", "skip"), CASES)
+def test_frozen_errors_keep_logits_and_stay_constant_under_edits(fam, kind, arch, skip):
+    """errors="frozen": circuit-tracer's error vectors from one clean pass, held constant. Clean logits come back
+    on both model kinds; under an edit the output is reconstruction + those constants (a hand-written reference),
+    which is not what the live error term gives."""
+    hf, bridge = fam["hf"], fam["bridge"]
+    tokens = bridge.to_tokens(TEXT)
+    d = make_dict(kind, arch, skip, seed=19)
+    with torch.no_grad():
+        clean_hf, clean_tl = hf(input_ids=tokens).logits, bridge(tokens)
+        with splice_replacement(hf, d, errors="frozen", clean_input=tokens) as rp:
+            frozen_hf = hf(input_ids=tokens).logits
+            frozen_hf_again = hf(input_ids=tokens).logits
+        with splice_replacement(bridge, d, errors="frozen", clean_input=TEXT) as rp_tl:  # text: tokenised alike
+            frozen_tl = bridge(tokens)
+        with splice_replacement(hf, d, use_error_term=True) as rp_live:
+            hf(input_ids=tokens)
+        errs: dict[int, torch.Tensor] = {}
+        manual_hf(hf, d, tokens, errors_out=errs)
+        ref, _ = manual_hf(hf, d, tokens, edit_layer=0, frozen=errs)
+        errors_before = {k: v.clone() for k, v in rp.errors.items()}
+        with splice_replacement(hf, d, errors="frozen", clean_input=tokens, edits={0: lambda f: f.zero_()}) as rp:
+            edit_frozen = hf(input_ids=tokens).logits
+        with splice_replacement(bridge, d, errors="frozen", clean_input=tokens, edits={0: torch.zeros_like}):
+            edit_frozen_tl = bridge(tokens)
+        with splice_replacement(hf, d, use_error_term=True, edits={0: lambda f: f.zero_()}):
+            edit_live = hf(input_ids=tokens).logits
+    e_hf = (frozen_hf - clean_hf).abs().max().item()
+    e_tl = (frozen_tl - clean_tl).abs().max().item()
+    MEASURED[f"{kind}/{arch}/skip={skip}: frozen errors, hf logit change"] = e_hf
+    MEASURED[f"{kind}/{arch}/skip={skip}: frozen errors, bridge logit change"] = e_tl
+    assert e_hf <= 1e-5 and e_tl <= 1e-5, (e_hf, e_tl)
+    torch.testing.assert_close(frozen_hf_again, frozen_hf, atol=0, rtol=0)
+    for layer in LAYERS:  # the clean pass's errors are the live term's on the unmodified pass, bridge alike
+        torch.testing.assert_close(rp_live.errors[layer], errors_before[layer], atol=1e-5, rtol=0)
+        torch.testing.assert_close(rp_tl.errors[layer], errors_before[layer], atol=1e-5, rtol=0)
+        torch.testing.assert_close(rp.errors[layer], errors_before[layer], atol=0, rtol=0)  # held under the edit
+    manual = (edit_frozen - ref).abs().max().item()
+    MEASURED[f"{kind}/{arch}/skip={skip}: frozen errors + edit, hf vs manual logits"] = manual
+    assert manual <= 1e-5, manual
+    torch.testing.assert_close(lp(edit_frozen), lp(edit_frozen_tl), atol=1e-5, rtol=0)
+    assert (lp(edit_frozen) - lp(edit_live)).abs().max() > 1e-3  # frozen is not live: layer 1's error differs
+
+
+@pytest.mark.parametrize(("kind", "arch", "skip"), CASES)
+def test_frozen_error_gradients_equal_finite_differences(fam, kind, arch, skip):
+    """In float64: d(logit)/d(feature) by autograd under errors="frozen" equals the central finite difference of
+    the frozen-error model (features bumped through edits), for features of both layers, active and inactive.
+    The live error term does not have this property (its error follows the input, unseen by autograd): checked
+    as the contrast that shows the test can fail."""
+    import copy
+
+    hf64 = copy.deepcopy(fam["hf"]).double()
+    tokens = fam["bridge"].to_tokens(TEXT)
+    # the MLP module's own input and output (circuit-tracer's hooks): plain sites, read and written as they are.
+    # (ln2.hook_normalized / hook_mlp_out go through the adapter's LayerNorm and residual-mean bookkeeping, which
+    # computes in float32 and would put ~1e-7 noise on a float64 model: too much for a finite difference.)
+    d = make_dict(kind, arch, skip, seed=23, dtype=torch.float64, hook_in=[f"blocks.{n}.mlp.hook_in" for n in LAYERS],
+                  hook_out=[f"blocks.{n}.mlp.hook_out" for n in LAYERS])
+    target = (1, tokens.shape[1] - 1, 7)  # a logit at the last position of the second prompt
+
+    def logit(errors: str, edits: dict | None = None) -> torch.Tensor:
+        kw: dict[str, Any] = {"clean_input": tokens} if errors == "frozen" else {}
+        with torch.no_grad(), splice_replacement(hf64, d, errors=errors, edits=edits or {}, **kw):
+            return hf64(input_ids=tokens).logits[target]
+
+    with splice_replacement(hf64, d, errors="frozen", clean_input=tokens) as rp:
+        out = hf64(input_ids=tokens).logits
+    with torch.no_grad():
+        clean = hf64(input_ids=tokens).logits
+    assert (out - clean).abs().max().item() <= 1e-10  # float64: clean logits back to rounding
+    grads = torch.autograd.grad(out[target], [rp.features[layer] for layer in LAYERS])
+    h = 1e-4
+    worst, live_gap = 0.0, 0.0
+    for n, layer in enumerate(LAYERS):
+        f = rp.features[layer].detach()
+        pos = 3 if n == 0 else tokens.shape[1] - 1
+        on = (f[1, pos] != 0).nonzero().flatten()
+        picks = [int(on[0]), int((f[1, pos] == 0).nonzero().flatten()[0])] if len(on) else [0, 1]
+        for j in picks:
+            def bump(step: float, j: int = j, pos: int = pos) -> Any:
+                def edit(feats: torch.Tensor) -> torch.Tensor:
+                    feats[1, pos, j] += step
+                    return feats
+                return edit
+
+            fd = (logit("frozen", {layer: bump(h)}) - logit("frozen", {layer: bump(-h)})) / (2 * h)
+            g = grads[n][1, pos, j]
+            assert g.abs() > 1e-4  # a feature that reaches the logit
+            worst = max(worst, ((fd - g).abs() / g.abs()).item())
+            if n == 0:
+                fd_live = (logit("live", {layer: bump(h)}) - logit("live", {layer: bump(-h)})) / (2 * h)
+                live_gap = max(live_gap, ((fd_live - g).abs() / g.abs()).item())
+    MEASURED[f"{kind}/{arch}/skip={skip}: frozen grad vs finite difference (rel, float64)"] = worst
+    assert worst <= 1e-7, worst
+    assert live_gap > 1e-3, live_gap
+
+
+def test_frozen_errors_refusals(fam):
+    hf, bridge = fam["hf"], fam["bridge"]
+    tokens = bridge.to_tokens(TEXT)
+    d = make_dict("clt", "relu", False)
+    base = n_hooks(hf)
+    for kw, fld in (({"errors": "frozen"}, "clean_input"), ({"errors": "linear"}, "errors"),
+                    ({"errors": "none", "use_error_term": True}, "errors"),
+                    ({"clean_input": tokens}, "clean_input")):
+        with pytest.raises(ConfigError) as e, splice_replacement(hf, d, **kw):
+            pass
+        assert e.value.field == fld, kw
+    assert n_hooks(hf) == base
+    # the errors belong to clean_input: a pass on another shape is refused, not silently broadcast
+    with pytest.raises(ShapeMismatchError) as e, splice_replacement(hf, d, errors="frozen", clean_input=tokens), \
+            torch.no_grad():
+        hf(input_ids=tokens[:, :5])
+    assert e.value.field == "clean_input" and n_hooks(hf) == base
 
 
 def test_zz_print_measured():
