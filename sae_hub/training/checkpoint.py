@@ -42,7 +42,7 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 _CKPT_RE = re.compile(r"^step_(\d+)$")
 # What must match between a checkpoint and the run resuming it (the rest may change, e.g. steps or lr).
-_MUST_MATCH = ("architecture", "d_in", "d_sae", "k", "batch_size")
+_MUST_MATCH = ("architecture", "d_in", "d_sae", "k", "batch_size", "transcoder", "skip_connection", "d_out")
 
 
 def write_checkpoint(root: str | os.PathLike[str], step: int, tensors: dict[str, Any], state: dict[str, Any], *,

@@ -52,7 +52,13 @@ from sae_hub.config import SAEConfig
 from sae_hub.errors import ConfigError
 from sae_hub.metrics import FiringTracker, FVUAccumulator
 from sae_hub.sae import SAE
-from sae_hub.training.activations import TensorSource, source_from, source_rows, source_width
+from sae_hub.training.activations import (
+    TensorSource,
+    source_from,
+    source_out_width,
+    source_rows,
+    source_width,
+)
 from sae_hub.training.checkpoint import (
     CHECKPOINT_FORMAT,
     json_safe,
@@ -104,7 +110,7 @@ def _infer_length(source: Any, cfg: TrainConfig) -> int | None:
     return rows // cfg.default_batch_size() if rows is not None else None
 
 
-_RECORDED = ("model_name", "hook_name", "dataset_path", "context_size", "prepend_bos")
+_RECORDED = ("model_name", "hook_name", "hook_name_out", "dataset_path", "context_size", "prepend_bos")
 _RENAMEABLE = ("model_name", "dataset_path")
 
 
@@ -116,8 +122,8 @@ def _recorded_metadata(cfg: TrainConfig, source: Any) -> tuple[dict[str, Any], d
     its own data (hook, context size, BOS), is a :class:`ConfigError` rather than an SAE that records the wrong
     distribution. ``skip_bos`` becomes SAELens's ``seqpos_slice = [1, None]`` (position 0 was never trained on).
     """
-    types: dict[str, type] = {"model_name": str, "hook_name": str, "dataset_path": str, "context_size": int,
-                              "prepend_bos": bool}
+    types: dict[str, type] = {"model_name": str, "hook_name": str, "hook_name_out": str, "dataset_path": str,
+                              "context_size": int, "prepend_bos": bool}
     meta: dict[str, Any] = {}
     for name in _RECORDED:
         mine, theirs = getattr(cfg, name), getattr(source, name, None)
@@ -129,10 +135,51 @@ def _recorded_metadata(cfg: TrainConfig, source: Any) -> tuple[dict[str, Any], d
             raise ConfigError(f"TrainConfig.{name}={mine!r} contradicts the activation source, whose data has "
                               f"{name}={theirs!r}; leave it None to record the source's", field=name)
         meta[name] = mine if mine is not None else theirs
+    if meta["hook_name_out"] is not None and meta["hook_name_out"] == meta["hook_name"]:
+        raise ConfigError(f"hook_name_out equals hook_name ({meta['hook_name']!r}): a transcoder reads one hook and "
+                          "predicts another", field="hook_name_out")
     extra: dict[str, Any] = {}
     if getattr(source, "skip_bos", None) is True and meta["prepend_bos"] is not False:
         extra["seqpos_slice"] = [1, None]
     return meta, extra
+
+
+def _resolve_transcoder(cfg: TrainConfig, source: Any) -> TrainConfig:
+    """``cfg`` with ``transcoder`` and ``d_out`` decided by the data: (x, y) pairs make a transcoder (a source
+    advertising ``d_out``, a paired iterable), single activations an SAE.
+
+    Checked before training: ``transcoder`` or ``skip_connection`` contradicting the data, and a ``d_in`` /
+    ``d_out`` that differs from the width of x / y, are a :class:`ConfigError` naming the field -- not a shape
+    error from inside the first step, nor an SAE of another function than the one asked for.
+    """
+    paired = bool(getattr(source, "paired", False)) or getattr(source, "d_out", None) is not None
+    wants = cfg.transcoder if cfg.transcoder is not None else (True if cfg.skip_connection else None)
+    if wants is True and not paired:
+        raise ConfigError(f"{'skip_connection' if cfg.transcoder is None else 'transcoder'}=True needs (x, y) pairs, "
+                          f"but {type(source).__name__} gives single activations: pass (x, y) tensors, a source with "
+                          "hook_name_out, or an iterable of (x, y) batches", field="transcoder")
+    if wants is False and paired:
+        raise ConfigError(f"transcoder=False, but {type(source).__name__} gives (x, y) pairs (d_out="
+                          f"{getattr(source, 'd_out', None)}, hook_name_out={getattr(source, 'hook_name_out', None)!r})"
+                          "; leave transcoder None", field="transcoder")
+    if paired and getattr(cfg, "resample_dead", False):  # it re-points encoder rows at residuals of y's space
+        raise ConfigError("resample_dead is not defined for transcoders (a residual lives in y's space, the "
+                          "encoder reads x); use AuxK (auxk_alpha)", field="resample_dead")
+    if not paired:
+        if cfg.d_out is not None:
+            raise ConfigError(f"d_out={cfg.d_out} is a transcoder's output width, but the activations are single "
+                              "(an SAE reconstructs its input)", field="d_out")
+        return cfg
+    for name, mine, theirs, what in (("d_in", cfg.d_in, source_width(source), "x"),
+                                     ("d_out", cfg.d_out, source_out_width(source), "y")):
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ConfigError(f"TrainConfig.{name}={mine}, but the activations' {what} rows have width {theirs}",
+                              field=name)
+    d_out = cfg.d_out if cfg.d_out is not None else source_out_width(source)
+    if d_out is None:
+        raise ConfigError("set d_out: the width of y in a one-shot iterable cannot be read without consuming it",
+                          field="d_out")
+    return dataclasses.replace(cfg, transcoder=True, d_out=d_out)
 
 
 # ====================================================================== parameters and init
@@ -146,13 +193,21 @@ class _Params(nn.Module):
     def __init__(self, cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         n, d = cfg.d_sae, int(cfg.d_in or 0)
+        d_out = int(cfg.d_out or d) if cfg.transcoder else d  # decoder rows and b_dec live in y's space
         g = torch.Generator().manual_seed(cfg.seed)  # CPU draw: the same init on every device and rank
-        w = torch.randn(n, d, generator=g, dtype=torch.float64)
+        w = torch.randn(n, d_out, generator=g, dtype=torch.float64)
         w = w / w.norm(dim=-1, keepdim=True) * float(cfg.decoder_init_norm or 1.0)
         self.W_dec = nn.Parameter(w.to(device, dtype))
-        self.W_encT = nn.Parameter(w.to(device, dtype).clone())  # tied init: W_enc = W_dec.T
+        if cfg.transcoder:  # x and y are different spaces, so no tied init: encoder rows drawn alike, independently
+            e = torch.randn(n, d, generator=g, dtype=torch.float64)
+            e = e / e.norm(dim=-1, keepdim=True) * float(cfg.decoder_init_norm or 1.0)
+            self.W_encT = nn.Parameter(e.to(device, dtype))
+        else:
+            self.W_encT = nn.Parameter(w.to(device, dtype).clone())  # tied init: W_enc = W_dec.T
         self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
-        self.b_dec = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, device=device, dtype=dtype))
+        if cfg.skip_connection:  # skip transcoder: zeros, as sparsify (the latents start out doing all the work)
+            self.W_skip = nn.Parameter(torch.zeros(d_out, d, device=device, dtype=dtype))
         if cfg.architecture == "jumprelu":
             init = math.log(cfg.jumprelu_init_threshold)
             self.log_threshold = nn.Parameter(torch.full((n,), init, device=device, dtype=dtype))
@@ -245,11 +300,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, activations: Any, *, callbacks: Sequence[Callable[[dict], Any]] = (),
                  progress: bool = True, calibration: Any = None) -> None:
         self.rank, self.world_size = init_distributed(cfg)
-        self.source = source_from(activations, cfg.d_in)
+        self.source = source_from(activations, cfg.d_in, paired=cfg.transcoder is True, d_out=cfg.d_out)
         self.calibration = calibration
+        cfg = _resolve_transcoder(cfg, self.source)  # transcoder / d_out from the data, or a ConfigError
         cfg = dataclasses.replace(cfg, batch_size=cfg.default_batch_size(source_rows(self.source)))
         self.cfg = cfg.resolved(d_in=source_width(self.source), steps=_infer_length(self.source, cfg))
         cfg = self.cfg
+        self.transcoder = bool(cfg.transcoder)  # batches are (x, y) pairs; the loss is on y
         self.metadata, self._extra_metadata = _recorded_metadata(cfg, self.source)
         if cfg.default_batch_size() % self.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is the global batch; it must divide by world_size "
@@ -299,6 +356,7 @@ class Trainer:
             warnings.warn("the run length is unknown (no steps, total_tokens or sized data): training to the end "
                           "of the activations, lr constant after warmup", stacklevel=3)
         self.scale, self.var = 1.0, 1.0  # input-norm constant; data variance (the topk loss's denominator)
+        self.scale_out = 1.0  # transcoders: y's own norm constant (var is then y's variance)
         self.log: list[dict[str, Any]] = []
         self._acc = torch.zeros(6, device=self.device, dtype=torch.float64)
         self._fvu = FVUAccumulator()
@@ -306,9 +364,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the training step
 
-    def step(self, x: torch.Tensor) -> None:
-        """One optimiser step on a batch of raw activations ``x [b, d_in]``; no value leaves the device."""
+    def step(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> None:
+        """One optimiser step on a batch of raw activations ``x [b, d_in]`` (a transcoder's: a pair ``(x, y)``,
+        y ``[b, d_out]``); no value leaves the device."""
         cfg, p = self.cfg, self.params
+        y = None
+        if isinstance(x, (tuple, list)) != self.transcoder:
+            raise ConfigError(f"this {'transcoder' if self.transcoder else 'SAE'} trains on "
+                              f"{'(x, y) pairs' if self.transcoder else 'single activations'}, got "
+                              f"{type(x).__name__}", field="transcoder")
+        if isinstance(x, (tuple, list)):  # transcoder: y scaled by its own constant, to E‖y‖ = √d_out
+            x, y = x
+            y = y.to(self.device, self.dtype, non_blocking=True) * self.scale_out  # [b, d_out]
         # fetch batch: onto the device in the master dtype, scaled to E‖x‖ = √d_in; this step's lr and λ
         x = x.to(self.device, self.dtype, non_blocking=True) * self.scale  # [b, d_in]
         lr, sparsity_coef = self.schedule(self.step_no)
@@ -318,8 +385,11 @@ class Trainer:
             self.sel.k = self.annealed_k(self.step_no)
         # forward: encode, select, decode (topk/batchtopk through the sparse kernels)
         fwd = self._forward(x)
+        if cfg.skip_connection:  # skip transcoder: + x @ W_skip.T, a dense linear map beside the latents
+            fwd = self._add_skip(x, fwd)
+        target = x if y is None else y  # what is reconstructed: x itself, or a transcoder's y
         # loss: reconstruction, + α·AuxK (topk/batchtopk) or + λ·sparsity penalty (relu/jumprelu)
-        out = self._loss(x, fwd, sparsity_coef)
+        out = self._loss(target, fwd, sparsity_coef)
         # dead-latent bookkeeping, part 1: count this batch's firings now, so that nothing outside the autograd
         # graph holds the dense path's [b, d_sae] activations and the backward frees them
         if fwd.latents is not None:  # topk / batchtopk: the selected pairs are the firings
@@ -350,7 +420,7 @@ class Trainer:
             normalise_rows_(p.W_dec)
         # log: sums stay on the device; _log_metrics pulls them every log_every steps
         self._acc += torch.stack([t.detach().double() for t in out[1:]] + [self._acc.new_ones(())])
-        self._fvu.update(x, out.x_hat.detach())
+        self._fvu.update(target, out.x_hat.detach())
         if cfg.resample_dead:
             self._last = (x, out.x_hat.detach())
         self.step_no += 1
@@ -358,6 +428,13 @@ class Trainer:
         # dead-latent bookkeeping, part 2: when a tracker block just closed, refresh AuxK's dead set
         if self.sparse and self.tracker.current_tokens == 0:
             self._refresh_dead()
+
+    def _add_skip(self, x: torch.Tensor, fwd: _Forward) -> _Forward:
+        """A skip transcoder's forward: the reconstruction (and matryoshka's prefixes, each of which the loss
+        compares with y on its own) plus ``x @ W_skip.T``. AuxK's residual is then what latents and skip missed."""
+        skip = F.linear(x, self.params.W_skip)  # [b, d_out]
+        prefixes = fwd.prefixes + skip if fwd.prefixes is not None else None
+        return fwd._replace(x_hat=fwd.x_hat + skip, prefixes=prefixes)
 
     def _forward(self, x: torch.Tensor) -> _Forward:
         """Features and reconstruction of the scaled batch ``x [b, d_in]``."""
@@ -522,10 +599,13 @@ class Trainer:
     # ------------------------------------------------------------------ init
 
     @torch.no_grad()
-    def initialise(self, batches: list[torch.Tensor]) -> None:
+    def initialise(self, batches: list[Any]) -> None:
         """Input-norm constant, data variance and b_dec from the first batches (gathered over ranks, so every
         rank, and a single process, compute them from the same tokens)."""
         cfg = self.cfg
+        if self.transcoder:
+            self._initialise_transcoder(batches)
+            return
         sample = torch.cat([b.to(self.device, torch.float32) for b in batches])
         if self.world_size > 1:
             parts = [torch.empty_like(sample) for _ in range(self.world_size)]
@@ -538,6 +618,34 @@ class Trainer:
         self.var = float((xs - mean).pow(2).sum(-1).mean().clamp_min(1e-12))
         if cfg.b_dec_init == "geometric_median":
             self.params.b_dec.copy_(geometric_median(xs).to(self.dtype))
+        elif cfg.b_dec_init == "mean":
+            self.params.b_dec.copy_(mean.to(self.dtype))
+        if self.world_size > 1:
+            for q in self.params.parameters():
+                dist.broadcast(q.data, 0)
+
+    @torch.no_grad()
+    def _initialise_transcoder(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """:meth:`initialise` for (x, y) pairs: x and y each scaled to E‖·‖ = √width by their own constant (an MLP's
+        output norm has nothing to do with its input's), and variance and b_dec taken from y, the reconstructed
+        side (b_dec at y's geometric median, as an SAE's at x's)."""
+        cfg = self.cfg
+        xs, ys = (torch.cat([b[i].to(self.device, torch.float32) for b in batches]) for i in (0, 1))
+        if self.world_size > 1:
+            gathered = []
+            for sample in (xs, ys):
+                parts = [torch.empty_like(sample) for _ in range(self.world_size)]
+                dist.all_gather(parts, sample)
+                gathered.append(torch.cat(parts))
+            xs, ys = gathered
+        if cfg.normalize_activations:
+            self.scale = float(math.sqrt(int(cfg.d_in or 1)) / xs.norm(dim=-1).mean().clamp_min(1e-12))
+            self.scale_out = float(math.sqrt(int(cfg.d_out or 1)) / ys.norm(dim=-1).mean().clamp_min(1e-12))
+        ys = ys * self.scale_out
+        mean = ys.mean(0)
+        self.var = float((ys - mean).pow(2).sum(-1).mean().clamp_min(1e-12))
+        if cfg.b_dec_init == "geometric_median":
+            self.params.b_dec.copy_(geometric_median(ys).to(self.dtype))
         elif cfg.b_dec_init == "mean":
             self.params.b_dec.copy_(mean.to(self.dtype))
         if self.world_size > 1:
@@ -672,6 +780,8 @@ class Trainer:
         W_encT, b_enc, W_dec = self._effective_weights()  # decoder_norm="rescale": ‖V‖ folded in
         tensors = {"W_enc": W_encT.t().contiguous().clone(), "b_enc": b_enc.clone(),
                    "W_dec": W_dec.clone(), "b_dec": p.b_dec.clone()}
+        if cfg.skip_connection:
+            tensors["W_skip"] = p.W_skip.clone()
         arch = cfg.architecture
         if arch in ("batchtopk", "matryoshka_batchtopk"):
             arch = cfg.batchtopk_save_as
@@ -692,11 +802,15 @@ class Trainer:
             dtype=cfg.dtype, extra={**self._extra_metadata, "training": cfg.to_dict(),
                                     "metrics": json_safe(self.log[-1] if self.log else {})},
             **self.metadata,
+            **({"d_out": int(cfg.d_out or 0), "has_skip": cfg.skip_connection} if self.transcoder else {}),
         )
         scfg.record(f"trained: sae_hub.training.train_sae architecture={cfg.architecture} steps={self.step_no} "
                     f"tokens={self.tokens}")
         sae = SAE.from_state_dict(scfg, tensors, device=self.device)
-        if self.scale != 1.0:
+        if self.transcoder:  # x and y had their own constants; explicit factors also rescale W_skip by s_in/s_out
+            if (self.scale, self.scale_out) != (1.0, 1.0):
+                sae.fold_activation_norm_scaling_factor(self.scale, self.scale_out)
+        elif self.scale != 1.0:
             sae.fold_activation_norm_scaling_factor()
         if arch == "relu":  # the L1 penalty measured f·‖W_dec_j‖: make that the feature value, decoder unit-norm
             sae.fold_W_dec_norm()
@@ -726,7 +840,8 @@ class Trainer:
                 n_batches = len(self.calibration)
             else:
                 it = source_from(self.calibration, cfg.d_in).batches(self.local_batch, seed=cfg.seed + 1)
-            xs = [b.to(self.device, self.dtype) * self.scale for b in itertools.islice(it, n_batches)]
+            xs = [(b[0] if isinstance(b, (tuple, list)) else b).to(self.device, self.dtype) * self.scale
+                  for b in itertools.islice(it, n_batches)]  # a transcoder's calibration pairs: the x side
         if not xs:
             theta = self._theta_ema / max(self._theta_weight, 1e-12)
             if self.world_size > 1:
@@ -776,6 +891,7 @@ class Trainer:
             tensors["rng_cuda"] = torch.cuda.get_rng_state_all()
         state = {
             "format": CHECKPOINT_FORMAT, "step": self.step_no, "tokens": self.tokens, "scale": self.scale,
+            "scale_out": self.scale_out,
             "var": self.var, "world_size": self.world_size, "config": cfg.to_dict(),
             "tracker": {"block_tokens": [t for t, _ in self.tracker.blocks],
                         "current_tokens": self.tracker.current_tokens, "total_tokens": self.tracker.total_tokens},
@@ -820,6 +936,7 @@ class Trainer:
         random.setstate(py_rng_from_json(state["python_rng"]))
         self.step_no, self.tokens = int(state["step"]), int(state["tokens"])
         self.scale, self.var = float(state["scale"]), float(state["var"])
+        self.scale_out = float(state.get("scale_out", 1.0))  # absent before transcoders: 1.0, as for every SAE
         self.log = list(state["log"])
         ema, weight = state.get("theta_ema", [0.0, 0.0])  # absent from checkpoints of older versions
         self._theta_ema.fill_(float(ema))
