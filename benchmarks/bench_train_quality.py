@@ -4,6 +4,7 @@
     .venv-compat/bin/python benchmarks/bench_train_quality.py         # ... plus SAELens's TopK trainer
     python benchmarks/bench_train_quality.py --grid --samples 1000000 # defaults over widths x k x datasets
     python benchmarks/bench_train_quality.py --data toy --arch topk,batchtopk,relu,jumprelu
+    python benchmarks/bench_train_quality.py --arch topk,batchtopk,matryoshka_batchtopk  # + Matryoshka (its defaults)
 
 Data (``--data``): ``realistic`` is :meth:`SyntheticActivations.realistic` (SynthSAEBench-16k's structure scaled
 to 1024 features in d = 256: Zipfian firing in [5e-4, 0.4], hierarchy with mutually exclusive siblings, rank-25
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_hub.training import SyntheticActivations, TrainConfig, evaluate_recovery, train_sae
+from sae_hub.training.config import ARCHITECTURES
 
 CHUNK = 4096  # tokens per generated chunk; batch sizes must divide it or be multiples of it
 
@@ -116,13 +118,13 @@ def run_saelens(rec: Recording, d_sae: int, k: int, lr: float, batch: int = 1024
     return sae, time.perf_counter() - t
 
 
-HEADER = f"{'run':<34} {'time s':>7} {'MCC':>6} {'MMCS':>6} {'>0.9':>6} {'F1':>6} {'FVU':>7} {'L0':>6} {'dead':>6}"
+HEADER = f"{'run':<42} {'time s':>7} {'MCC':>6} {'MMCS':>6} {'>0.9':>6} {'F1':>6} {'FVU':>7} {'L0':>6} {'dead':>6}"
 
 
 def row(name: str, sae: Any, data: SyntheticActivations, elapsed: float) -> str:
     with torch.no_grad():
         r = evaluate_recovery(sae, data, n_tokens=32768)
-    return (f"{name:<34} {elapsed:>7.1f} {r.get('mcc', float('nan')):>6.3f} {r['mmcs']:>6.3f} "
+    return (f"{name:<42} {elapsed:>7.1f} {r.get('mcc', float('nan')):>6.3f} {r['mmcs']:>6.3f} "
             f"{r['recovered_0.9']:>6.1%} {r['f1']:>6.3f} {r['fvu']:>7.4f} {r['l0']:>6.2f} {r['dead_fraction']:>6.1%}")
 
 
@@ -140,6 +142,9 @@ def main() -> None:
                                                    "ch_size=1024 (to study defaults; the table says so)")
     ap.add_argument("--cache", default="", help="folder to keep recorded streams in (reused when present)")
     args = ap.parse_args()
+    unknown = sorted(set(args.arch.split(",")) - set(ARCHITECTURES))
+    if unknown:  # before recording millions of samples
+        ap.error(f"--arch: unknown {unknown}; choose from {','.join(ARCHITECTURES)}")
     cache = args.cache or None
     overrides: dict[str, Any] = {}
     for kv in filter(None, args.override.split(",")):
