@@ -402,7 +402,9 @@ def splice_replacement(model: Any, dictionary: MultiLayerDictionary | CrossCoder
     features alone and are the derivatives of that frozen-error model (circuit-tracer's linearisation).
 
     Crosscoder: ``clean_input`` is required; its clean pass gives the features, and every site is patched with
-    its reconstruction (+ the clean run's error with ``use_error_term``); ``edits={site position: fn}``.
+    its reconstruction (+ the clean run's error with ``use_error_term``); ``edits={site position: fn}`` edit the
+    code decoded at that site only (give every site the edit to change a latent everywhere: a patch at a later
+    residual-stream site overwrites what an edit at an earlier one changed).
 
     ``model`` is any kind :func:`~sae_hub.adapters.adapt` accepts (``tokenizer`` goes to it; ``clean_input`` may
     be text, tokenised with ``prepend_bos``); every site is placed and width-checked before anything is attached
@@ -419,12 +421,14 @@ def splice_replacement(model: Any, dictionary: MultiLayerDictionary | CrossCoder
 
     d = _check_dictionary(dictionary)
     mode = _error_mode(bool(use_error_term), errors)
+    if isinstance(d, CrossCoder):
+        if errors == "live":
+            raise ConfigError("a crosscoder's error term comes from its clean pass (the features do too): use "
+                              "use_error_term=True or errors='frozen', not errors='live'", field="errors")
+        mode = "frozen" if mode == "live" else mode
     handle = ReplacementHandle(dictionary=d, use_error_term=mode != "none", error_mode=mode, edits=dict(edits or {}))
     adapter = adapt(model, tokenizer)
     if isinstance(d, CrossCoder):
-        if mode == "live":
-            raise ConfigError("a crosscoder's error term comes from its clean pass (the features do too): use "
-                              "use_error_term=True or errors='frozen', not errors='live'", field="errors")
         sites = _crosscoder_sites(d)
         unknown = sorted(set(handle.edits) - set(range(d.cfg.n_sites)))
         if unknown:
