@@ -467,8 +467,9 @@ class Trainer:
         decoded once by :class:`SparseDecode` (batchtopk's sparse forward and backward over the same ``M`` pairs,
         no ``[b, d_sae]`` tensor), and the prefixes are running sums over the levels. Their backward hands level
         ℓ the summed gradient of every prefix containing it, which is exactly ∂(Σ_i loss_i)/∂(level ℓ's part).
-        Running sums by L-1 adds, not ``cumsum(0)``: on CPU a cumsum over the leading dim of ``[L, b, d_in]`` (and
-        its flip-cumsum-flip backward) cost ~100 ms a step at 768x16k, b=2048; the adds ~15 ms. The regrouping
+        The running sums are one ``[L, L]`` lower-triangular GEMM over the ``[L, b·d_in]`` level contributions
+        (its backward one more): on CPU ``cumsum(0)`` over ``[L, b, d_in]`` and its flip-cumsum-flip backward cost
+        ~100 ms a step at 768x16k, b=2048, and L-1 adds plus a stack ~45 ms more than the GEMM. The regrouping
         is a stable sort of the levels (pairs stay in token order within a level).
         """
         widths = cast(torch.Tensor, self.matryoshka)  # [L]
@@ -482,13 +483,11 @@ class Trainer:
                         pairs.n_latents)  # L·b bags
         dec, e_hat = SparseDecode.apply(W_dec, vals.index_select(0, order), grouped, avals, apairs,
                                         self.sel.workspace)  # [L·b, d_in], [b, d_in] or [0]
-        parts = dec.view(L, B, -1)  # [L, b, d_in] each level's contribution
-        inner = [parts[0]]  # prefix i = the selected latents below m_i (b_dec not included)
-        for i in range(1, L):
-            inner.append(inner[-1] + parts[i])  # [b, d_in]
-        x_hat = inner.pop() + self.params.b_dec  # [b, d_in] the whole dictionary's reconstruction
-        prefixes = torch.stack(inner) if inner else None  # [L-1, b, d_in]
-        return _Forward(x_hat, vals, pairs.latents, e_hat if apairs is not None else None, None, None, prefixes)
+        tri = torch.ones(L, L, dtype=dec.dtype, device=dec.device).tril_()  # [L, L] prefix i sums levels <= i
+        prefixes = (tri @ dec.view(L, -1)).view(L, B, -1)  # [L, b, d_in] the selected latents below m_i, no b_dec
+        x_hat = prefixes[-1] + self.params.b_dec  # [b, d_in] the whole dictionary's reconstruction
+        return _Forward(x_hat, vals, pairs.latents, e_hat if apairs is not None else None, None, None,
+                        prefixes[:-1] if L > 1 else None)
 
     def _effective_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(W_encT, b_enc, W_dec) as the SAE computes with them. The parameters themselves, except with
@@ -524,7 +523,8 @@ class Trainer:
             l0 = (fwd.f > 0).sum() / x.shape[0]
             loss = recon + cfg.auxk_alpha * aux
             if fwd.prefixes is not None:  # matryoshka: + each inner prefix's own normalised MSE (summed, as SAELens)
-                loss = loss + (x - p.b_dec - fwd.prefixes).pow(2).sum(-1).mean(-1).sum() / self.var
+                pre = fwd.prefixes  # [L-1, b, d_in]; mse_loss: one fused pass forward and one backward
+                loss = loss + F.mse_loss(pre, (x - p.b_dec).expand_as(pre), reduction="sum") / (x.shape[0] * self.var)
             return _StepOut(fwd.x_hat, loss, recon, aux, aux.new_zeros(()), l0)
         if cfg.architecture == "relu":  # Anthropic April 2024: L1 on f·‖W_dec_j‖
             sparsity = (fwd.f * p.W_dec.norm(dim=-1)).sum(-1).mean()
