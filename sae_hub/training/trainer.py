@@ -720,8 +720,8 @@ class Trainer:
         sae = self.to_sae(it)
         out = cfg.output_dir or (str(Path(cfg.checkpoint_dir) / "final") if cfg.checkpoint_dir else None)
         sparsity = self.log10_density()
-        if out and self.rank == 0:
-            sae.save_pretrained(out, sparsity=sparsity)
+        if out and self.rank == 0:  # what SAELens cannot compute (a topk transcoder) is saved as sae-hub-only
+            sae.save_pretrained(out, sparsity=sparsity, saelens_compatible=not sae.cfg.saelens_incompatibilities())
         sae.training_log = self.log  # the scalar log, also in cfg.extra["metrics"]
         if self.rank == 0:  # callbacks with an end hook (sae_hub.training.callbacks.WandbCallback) get the SAE
             for cb in self.callbacks:
