@@ -33,6 +33,7 @@ from sae_hub.training import (
     TrainConfig,
     Trainer,
     cache_activations,
+    evaluate,
     mcc,
     mmcs,
     pack_tokens,
@@ -112,6 +113,7 @@ def test_skip_transcoder_recovers_the_linear_map_and_the_sparse_directions():
 _ARCH = {
     "topk": dict(k=3),
     "batchtopk": dict(k=3, batchtopk_save_as="topk"),
+    "matryoshka_batchtopk": dict(k=3, batchtopk_save_as="topk", matryoshka_widths=[16, 64]),
     "relu": dict(l1_coefficient=1.5),
     "jumprelu": dict(),
 }
@@ -123,7 +125,7 @@ def _trainer_prediction(tr: Trainer, x: torch.Tensor) -> torch.Tensor:
     p, cfg = tr.params, tr.cfg
     xs = x * tr.scale
     z = xs @ p.W_encT.T + p.b_enc  # no b_dec on the input: it lives in y's space
-    if cfg.architecture in ("topk", "batchtopk"):
+    if cfg.architecture in ("topk", "batchtopk", "matryoshka_batchtopk"):
         f = torch.zeros_like(z).scatter_(1, z.topk(int(cfg.k or 0), dim=-1).indices, 1) * F.relu(z)
     elif cfg.architecture == "relu":
         f = F.relu(z)
@@ -150,7 +152,7 @@ def test_saved_transcoder_computes_what_was_trained(tmp_path, arch, skip):
     assert (c.hook_name, c.hook_name_out, c.d_in, c.d_out, c.has_skip) == (IN, OUT, 32, 24, skip)
     assert c.is_transcoder and not c.apply_b_dec_to_input
     assert c.norm_scaling_factor is None and c.norm_scaling_factor_out is None
-    saved_arch = {"topk": "topk", "batchtopk": "topk", "relu": "relu", "jumprelu": "jumprelu"}[arch]
+    saved_arch = {"relu": "relu", "jumprelu": "jumprelu"}.get(arch, "topk")
     expected_name = {"topk": "topk_", "relu": "", "jumprelu": "jumprelu_"}[saved_arch]
     expected_name += ("skip_" if skip else "") + "transcoder"
     raw = json.loads((tmp_path / "tc" / "cfg.json").read_text())
@@ -162,6 +164,42 @@ def test_saved_transcoder_computes_what_was_trained(tmp_path, arch, skip):
         expected = _trainer_prediction(tr, x[:200])
         torch.testing.assert_close(sae(x[:200]), expected, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(loaded(x[:200]), expected, rtol=1e-4, atol=1e-4)
+    # evaluate() takes the same (x, y) tensors: its FVU is the one computed here
+    got = evaluate(loaded, (x[:1000], y[:1000]), batch_size=300)
+    with torch.no_grad():
+        assert got["fvu"] == pytest.approx(_fvu(loaded(x[:1000]), y[:1000]), rel=1e-4, abs=1e-6)
+    assert got["n_tokens"] == 1000
+
+
+def test_transcoder_resumes_exactly_from_a_checkpoint(tmp_path):
+    x, y, _ = _planted(0.1, n=2048, seed=0, linear=True)
+    data = (x * 3, y)  # s_in != s_out: both constants (and W_skip, Adam state) must come back
+
+    def cfg(root: Any, **kw: Any) -> TrainConfig:
+        return _cfg(**{**dict(steps=30, batch_size=64, skip_connection=True, log_every=10,
+                              checkpoint_dir=str(root), checkpoint_every=10), **kw})
+
+    straight = train_sae(cfg(tmp_path / "a"), data, progress=False)
+
+    class Preempted(Exception):
+        pass
+
+    def preempt(m: dict) -> None:  # dies while reporting step 20, before that step's checkpoint
+        if m["step"] == 20:
+            raise Preempted
+
+    with pytest.raises(Preempted):
+        train_sae(cfg(tmp_path / "b"), data, progress=False, callbacks=[preempt])
+    resumed = train_sae(cfg(tmp_path / "b"), data, resume=True, progress=False)
+    for name, t in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], t), name
+    # a checkpoint of a skip transcoder does not resume a plain one (nor an SAE)
+    with pytest.raises(ConfigError) as e:
+        train_sae(cfg(tmp_path / "b", skip_connection=False), data, resume=True, progress=False)
+    assert e.value.field == "skip_connection"
+    with pytest.raises(ConfigError) as e:
+        train_sae(cfg(tmp_path / "b", skip_connection=False), x, resume=True, progress=False)
+    assert e.value.field == "transcoder"
 
 
 # ---------------------------------------------------------------------- (b) the tiny model
@@ -272,6 +310,11 @@ def test_activation_cache_pairs_stay_together_when_shuffled(tiny_model, tmp_path
     c = sae.cfg
     assert (c.hook_name, c.hook_name_out, c.dataset_path, c.context_size, c.architecture) == (
         IN, OUT, "tiny/corpus", CTX, "jumprelu")
+    # evaluate() reads the paired cache too: FVU over all 600 tokens, whatever their order
+    got = evaluate(sae, ActivationCache(tmp_path / "cache", IN, hook_name_out=OUT, epochs=1), n_tokens=600,
+                   batch_size=100)
+    with torch.no_grad():
+        assert got["fvu"] == pytest.approx(_fvu(sae(stored[:, :64]), stored[:, 64:]), rel=1e-4)
     # hooks whose shards do not hold the same tokens are refused
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     manifest["hooks"][OUT]["shards"] = manifest["hooks"][OUT]["shards"][:1]

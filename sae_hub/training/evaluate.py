@@ -31,7 +31,7 @@ from sae_hub.adapters import ModelAdapter, adapt
 from sae_hub.errors import ConfigError
 from sae_hub.metrics import FiringTracker, FVUAccumulator
 from sae_hub.splicing import Site, hooks_attached, reconstruct, run_to_hooks, splice
-from sae_hub.training.activations import ActivationSource, pack_tokens
+from sae_hub.training.activations import ActivationSource, is_pair, pack_tokens
 
 if TYPE_CHECKING:
     from sae_hub.sae import SAE
@@ -133,9 +133,15 @@ def _batches_of(sae: SAE, activations: Any, batch_size: int, n_tokens: int | Non
             raise ConfigError("a transcoder needs (input, target) pairs; pass an iterable of (x, y) batches")
         x_all = _flat_input(sae, activations, d_in)
         stream: Iterable[Any] = x_all[:n_tokens].split(batch_size)
+    elif is_pair(activations) and isinstance(activations, tuple):  # (x, y) tensors, as train_sae takes them
+        if len(activations[0]) != len(activations[1]):
+            raise ConfigError(f"x has {len(activations[0])} rows but y has {len(activations[1])}", field="y")
+        stream = zip(activations[0][:n_tokens].split(batch_size), activations[1][:n_tokens].split(batch_size),
+                     strict=True)
     elif isinstance(activations, ActivationSource):
-        if transcoder:
-            raise ConfigError("activation sources yield one hook's activations; a transcoder needs (x, y) pairs")
+        if transcoder and getattr(activations, "d_out", None) is None:  # a paired source (hook_name_out) yields them
+            raise ConfigError("this activation source yields one hook's activations; a transcoder needs (x, y) "
+                              "pairs: give the source hook_name_out", field="hook_name_out")
         n_tokens = n_tokens if n_tokens is not None else _DEFAULT_STREAM_TOKENS
         # a source drops its last partial batch: never ask for more than is evaluated
         stream = activations.batches(min(batch_size, n_tokens), seed=seed)
