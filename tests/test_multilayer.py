@@ -263,3 +263,32 @@ def test_llamascopium_crosscoder_expressed_exactly(case: str) -> None:
         cc.encode(xs[:2])
     with pytest.raises(ShapeMismatchError):
         CrossCoder.from_state_dict(cfg, {k: v for k, v in tensors.items() if k != "b_dec.1"})
+
+
+def test_float64_weights_compute_in_float64() -> None:
+    """A float64 dictionary or crosscoder is for exact references (finite differences of the frozen-error
+    replacement model): its math stays in float64 (it used to run in float32: ~1e-8 off a float64 reference)."""
+    cfg = MultiLayerConfig(kind="clt", layers=[0, 1, 2], d_in=6, d_sae=[9, 8, 7], architecture="jumprelu",
+                           has_skip=True)
+    t = {k: v.double() for k, v in _random(cfg, seed=11).items()}
+    m = MultiLayerDictionary.from_state_dict(cfg, t)
+    assert m.compute_dtype == torch.float64
+    xs = [torch.randn(5, 6, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in range(3)]
+    feats, outs = _plain_reference(cfg, t, xs)
+    got = m(xs)
+    for i in range(3):
+        assert got[i].dtype == torch.float64
+        assert (m.encode(i, xs[i]) - feats[i]).abs().max().item() <= 1e-12
+        assert (got[i] - outs[i]).abs().max().item() <= 1e-12
+    cc_cfg = CrossCoderConfig(n_sites=2, d_in=6, d_sae=9, architecture="jumprelu")
+    g = torch.Generator().manual_seed(2)
+    ct = {f"{n}.{h}": torch.randn(s, generator=g, dtype=torch.float64)
+          for h in range(2) for n, s in (("W_enc", (6, 9)), ("b_enc", (9,)), ("W_dec", (9, 6)), ("b_dec", (6,)),
+                                        ("threshold", (9,)))}
+    cc = CrossCoder.from_state_dict(cc_cfg, ct)
+    x = [xs[0], xs[1]]
+    s = sum(x[h] @ ct[f"W_enc.{h}"] + ct[f"b_enc.{h}"] for h in range(2))
+    for h, (f, out) in enumerate(zip(cc.encode(x), cc(x), strict=True)):
+        ref = s * (s > ct[f"threshold.{h}"])
+        assert (f - ref).abs().max().item() <= 1e-12
+        assert (out - (ref @ ct[f"W_dec.{h}"] + ct[f"b_dec.{h}"])).abs().max().item() <= 1e-12
