@@ -17,6 +17,11 @@ Architectures and their losses (x is scaled to E‖x‖ = √d_in, the constant 
 - **jumprelu** (Rajamanoharan et al. 2024): f = z·H(z − θ) with θ = exp(log θ) learned through a straight-through
   estimator with a rectangle kernel of width ``jumprelu_bandwidth``; L = ‖x − x̂‖² + λ·Σ_j H(z_j − θ_j).
 
+Transcoders (any architecture above; ``docs/training.md#transcoders``): batches are pairs (x, y), e.g. an MLP's
+input and output; the encoder reads x (no b_dec subtracted: b_dec lives in y's space), every loss term above has
+y in place of x, and x and y are scaled by their own constants. A skip transcoder adds x·W_skipᵀ (W_skip
+``[d_out, d_in]``, zeros at init, as sparsify) to the prediction, so the map's linear part costs no latents.
+
 The topk/batchtopk step never materialises a [B, d_sae] gradient: the encoder forward is one dense GEMM
 (optionally bf16), selection keeps the (token, latent) pairs, the decoder is ``F.embedding_bag``, and the
 backward touches only the selected latents (:mod:`sae_hub.training.kernels` states the math). Nothing in a
@@ -802,7 +807,7 @@ class Trainer:
             dtype=cfg.dtype, extra={**self._extra_metadata, "training": cfg.to_dict(),
                                     "metrics": json_safe(self.log[-1] if self.log else {})},
             **self.metadata,
-            **({"d_out": int(cfg.d_out or 0), "has_skip": cfg.skip_connection} if self.transcoder else {}),
+            d_out=int(cfg.d_out or 0) if self.transcoder else None, has_skip=bool(cfg.skip_connection),
         )
         scfg.record(f"trained: sae_hub.training.train_sae architecture={cfg.architecture} steps={self.step_no} "
                     f"tokens={self.tokens}")
