@@ -222,3 +222,15 @@ def test_inner_prefix_alone_reconstructs_better_than_batchtopks_same_prefix(real
     assert _prefix_fvu(mat, x, 6) < 0.85 and _prefix_fvu(btk, x, 6) > 0.95
     assert _prefix_fvu(mat, x, 24) < 0.55 and _prefix_fvu(btk, x, 24) > 0.75
     assert _prefix_fvu(mat, x, 24) < _prefix_fvu(btk, x, 24) - 0.25
+
+
+def test_resume_from_a_checkpoint_is_exact(tmp_path):
+    """The widths travel in the checkpoint's config (a list through JSON) and the step has no other state: a run
+    resumed at step 10 ends bit-identical to the uninterrupted one."""
+    data = SyntheticActivations(d=16, n_features=64, mean_active=3, seed=0)
+    cfg = _cfg(d_sae=64, k=3, steps=20, checkpoint_dir=str(tmp_path), checkpoint_every=10, keep_checkpoints=5,
+               batchtopk_save_as="topk", dead_window_tokens=2000)
+    full = train_sae(cfg, data, progress=False)
+    resumed = train_sae(cfg, data, progress=False, resume=tmp_path / "step_000000010")
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
