@@ -348,6 +348,8 @@ def test_iterables_of_pairs_train_like_the_same_pairs_in_order():
     sae = train_sae(_cfg(steps=10, batch_size=64, init_tokens=64),
                     torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64), progress=False)
     assert not sae.cfg.is_transcoder and sae.cfg.d_out == 32
+    # and evaluate() still reads a plain SAE's tuple of two tensors as two batches
+    assert evaluate(sae, (x[:100], x[100:250]))["n_tokens"] == 250
 
 
 # ---------------------------------------------------------------------- (d) typed errors
@@ -362,7 +364,8 @@ def test_contradictions_are_config_errors_naming_the_field(tiny_model):
         (_cfg(transcoder=True), x, "transcoder"),  # asks for a transcoder, data are single
         (_cfg(skip_connection=True), x, "transcoder"),
         (_cfg(transcoder=False), (x, y), "transcoder"),  # data are pairs
-        (_cfg(d_out=24), x, "d_out"),  # an SAE has no separate output width
+        (_cfg(d_out=24), x, "d_out"),  # an SAE has no separate output width...
+        (_cfg(hook_name_out=OUT), x, "hook_name_out"),  # ...nor an output hook of its own
         (_cfg(hook_name=IN, hook_name_out=IN), (x, y), "hook_name_out"),
         (_cfg(transcoder=True), [x[:64], x[64:128]], "y"),  # a paired iterable whose batches are not pairs
         (_cfg(transcoder=True), [(x[:64], y[:32])], "y"),

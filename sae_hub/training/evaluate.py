@@ -133,7 +133,7 @@ def _batches_of(sae: SAE, activations: Any, batch_size: int, n_tokens: int | Non
             raise ConfigError("a transcoder needs (input, target) pairs; pass an iterable of (x, y) batches")
         x_all = _flat_input(sae, activations, d_in)
         stream: Iterable[Any] = x_all[:n_tokens].split(batch_size)
-    elif is_pair(activations) and isinstance(activations, tuple):  # (x, y) tensors, as train_sae takes them
+    elif transcoder and is_pair(activations) and isinstance(activations, tuple):  # (x, y), as train_sae takes
         if len(activations[0]) != len(activations[1]):
             raise ConfigError(f"x has {len(activations[0])} rows but y has {len(activations[1])}", field="y")
         stream = zip(activations[0][:n_tokens].split(batch_size), activations[1][:n_tokens].split(batch_size),

@@ -174,6 +174,9 @@ def _resolve_transcoder(cfg: TrainConfig, source: Any) -> TrainConfig:
         if cfg.d_out is not None:
             raise ConfigError(f"d_out={cfg.d_out} is a transcoder's output width, but the activations are single "
                               "(an SAE reconstructs its input)", field="d_out")
+        if cfg.hook_name_out is not None:  # recorded, it would make the saved SAE claim to be a transcoder
+            raise ConfigError(f"hook_name_out={cfg.hook_name_out!r} is where a transcoder writes, but the "
+                              "activations are single (an SAE reconstructs its input)", field="hook_name_out")
         return cfg
     for name, mine, theirs, what in (("d_in", cfg.d_in, source_width(source), "x"),
                                      ("d_out", cfg.d_out, source_out_width(source), "y")):
@@ -956,6 +959,9 @@ def train_sae(cfg: TrainConfig, activations: Any, *, callbacks: Sequence[Callabl
     ``activations``: a tensor ``[N, d_in]`` (shuffled each epoch with ``cfg.seed``), an iterable of batches or a
     DataLoader (read in order; tuple/list batches use their first element, dict batches ``"activations"`` or
     ``"x"``), or an activation source (``.batches(batch_size, *, seed, rank=0, world_size=1, start=0)``).
+    A transcoder trains on pairs: a tuple of two tensors ``(x [N, d_in], y [N, d_out])``, a source with
+    ``d_out`` / ``hook_name_out`` (``ModelActivationSource`` or ``ActivationCache`` given ``hook_name_out``), or,
+    with ``cfg.transcoder=True``, an iterable of ``(x, y)`` batches (or dicts with ``"x"`` and ``"y"``).
     ``callbacks`` get the metrics dict every ``cfg.log_every`` steps (rank 0 only). ``resume`` is a checkpoint
     folder (or a checkpoint root), or ``True`` for the latest under ``cfg.checkpoint_dir`` if any.
     ``calibration``: held-out activations for a batchtopk SAE saved as jumprelu.
