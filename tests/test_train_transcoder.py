@@ -241,6 +241,19 @@ def test_model_source_yields_aligned_pairs_in_one_pass(tiny_model):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_the_hook_pair_reads_the_same_on_a_transformers_model(tiny_model, tiny_model_dir):
+    # sae_hub.sites places ln2.hook_normalized / hook_mlp_out on a plain transformers GPT-2 with TransformerLens's
+    # meaning, so the same checkpoint gives the same (x, y) pairs either way
+    from tiny_model import load_hf
+
+    hf, tok = load_hf(tiny_model_dir)
+    kw: dict[str, Any] = dict(hook_name_out=OUT, context_size=CTX, buffer_tokens=256)
+    a = next(ModelActivationSource(hf, corpus()[:20], IN, tokenizer=tok, **kw).batches(64, seed=0))
+    b = next(ModelActivationSource(tiny_model, corpus()[:20], IN, **kw).batches(64, seed=0))
+    torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a[1], b[1], atol=1e-4, rtol=1e-4)
+
+
 def test_transcoder_trained_on_the_tiny_model_splices_at_its_hooks(tiny_model, tmp_path):
     # measured: held-out FVU 0.091 after 300 steps (untrained 2.03); the in-hook reads, the out-hook gets the output
     train_docs, held_docs = corpus()[:60], corpus()[60:]
