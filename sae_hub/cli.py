@@ -284,6 +284,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help=".txt (one document per line), .jsonl, or a datasets name/folder")
     p.add_argument("--column", default="text")
     p.add_argument("--hook", help="hook name (default: hook_name in the config)")
+    p.add_argument("--hook-out", help="output hook: train a transcoder from --hook to this hook (default: "
+                   "hook_name_out in the config; set skip_connection: true for a skip transcoder)")
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--out", help="output folder (native format)")
     p.add_argument("--resume", help="checkpoint folder to resume from")
@@ -294,15 +296,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
          description="Train on a model + dataset or on an activation cache.",
          examples=["sae-hub train cfg.yaml --cache acts/ --out my_sae/",
                    "sae-hub train cfg.yaml --model gpt2 --dataset texts.txt --hook blocks.6.hook_resid_post "
-                   "--set steps=2000"])
+                   "--set steps=2000",
+                   "sae-hub train cfg.yaml --model gpt2 --dataset texts.txt --hook blocks.6.ln2.hook_normalized "
+                   "--hook-out blocks.6.hook_mlp_out --set skip_connection=true"])
 def _train(args: argparse.Namespace) -> int:
     from sae_hub.training import train_sae
 
     cfg = _read_train_config(args.config, args.set)
+    hook_out = args.hook_out or cfg.hook_name_out  # a transcoder reads --hook and predicts --hook-out
     if args.cache:
         from sae_hub.training.activations import ActivationCache
 
-        source: Any = ActivationCache(args.cache, args.hook or cfg.hook_name)
+        source: Any = ActivationCache(args.cache, args.hook or cfg.hook_name, hook_name_out=hook_out)
     elif args.model and args.dataset:
         from sae_hub.models import load_model
         from sae_hub.training.activations import ModelActivationSource
@@ -312,7 +317,8 @@ def _train(args: argparse.Namespace) -> int:
             raise SystemExit("sae-hub: error: give --hook or hook_name in the config")
         model = load_model(args.model, args.model_device)
         source = ModelActivationSource(model, _read_dataset(args.dataset, args.column), hook,
-                                       context_size=args.context_size, dataset_path=args.dataset)
+                                       context_size=args.context_size, dataset_path=args.dataset,
+                                       hook_name_out=hook_out)
     else:
         raise SystemExit("sae-hub: error: give --cache DIR, or --model and --dataset")
     if args.out:

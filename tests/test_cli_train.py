@@ -53,3 +53,22 @@ def test_train_config_typo_is_one_line_error(tmp_path):
     cfg.write_text("architecture: topk\nd_sea: 10\n")
     out = subprocess.run([*CLI, "train", str(cfg), "--cache", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 1 and "d_sea" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_train_a_skip_transcoder_from_a_two_hook_cache(tiny_model_dir, tmp_path):
+    """``--hook-out``: the CLI trains a transcoder from the cache's two hooks; the saved SAE reads one, writes the
+    other and carries a skip connection."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"Carol counted {i} apples and {2 * i} pears." for i in range(40)))
+    run("cache-activations", "--model", str(tiny_model_dir), "--dataset", str(texts),
+        "--hook", "blocks.0.ln2.hook_normalized", "--hook", "blocks.0.hook_mlp_out",
+        "--n-tokens", "2000", "--context-size", "32", "--out", str(tmp_path / "acts"))
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("architecture: topk\nd_sae: 96\nk: 6\nbatch_size: 256\nsteps: 20\nlog_every: 10\n")
+    run("train", str(cfg), "--cache", str(tmp_path / "acts"), "--hook", "blocks.0.ln2.hook_normalized",
+        "--hook-out", "blocks.0.hook_mlp_out", "--set", "skip_connection=true", "--out", str(tmp_path / "tc"))
+    sae = SAE.load_from_disk(tmp_path / "tc")
+    assert sae.cfg.is_transcoder and sae.cfg.has_skip
+    assert (sae.cfg.hook_name, sae.cfg.hook_name_out) == ("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out")
+    assert tuple(sae.W_skip.shape) == (sae.cfg.d_out, sae.cfg.d_in)
