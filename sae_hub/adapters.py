@@ -48,7 +48,15 @@ from typing import Any
 import torch
 
 from sae_hub.errors import ConfigError, ShapeMismatchError
-from sae_hub.sites import DEFAULT_PROCESSING, HFSite, HookSiteError, Processing, family_of_model, resolve_hf_site
+from sae_hub.sites import (
+    DEFAULT_PROCESSING,
+    HFSite,
+    HookSiteError,
+    Processing,
+    compute_dtype,
+    family_of_model,
+    resolve_hf_site,
+)
 
 __all__ = [
     "HuggingFaceAdapter",
@@ -338,30 +346,49 @@ def _tl_view(site: HFSite, key: tuple[Any, ...], t: torch.Tensor, module_input: 
         return hit[2]
     tl = site.to_tl(t, module_input)
     mean = state.get("mean")
-    if site.center and site.stream and mean is not None and mean.shape[:-1] == tl.shape[:-1]:
+    if site.center and site.stream and mean is not None and _broadcasts(mean.shape, tl.shape):
         tl = tl + mean.to(tl.dtype)
     return tl
 
 
+def _broadcasts(small: torch.Size, big: torch.Size) -> bool:
+    """Whether a tracked mean of shape ``small`` broadcasts onto ``big`` without growing it. ``hook_pos_embed`` is
+    ``[1, pos, d_model]`` in Hugging Face models (one row for the whole batch), so a mean it contributes must
+    still reach ``[batch, pos, d_model]`` reads; a mean of another batch or length (a different forward) must not.
+    """
+    try:
+        return tuple(torch.broadcast_shapes(small, big)) == tuple(big)
+    except RuntimeError:
+        return False
+
+
 def _track_write(site: HFSite, new: torch.Tensor, before: torch.Tensor, state: dict[str, torch.Tensor | None]
                  ) -> None:
-    """Update the tracked residual-stream mean after ``new`` replaced ``before`` (TransformerLens's views)."""
+    """Update the tracked residual-stream mean after ``new`` replaced ``before`` (TransformerLens's views), in
+    :func:`~sae_hub.sites.compute_dtype` (float64 for a float64 model: a float32 mean put ~1e-9 on later reads)."""
     if not site.center:
         return
-    new_mean = new.detach().float().mean(-1, keepdim=True)
+    work = compute_dtype(torch.promote_types(new.dtype, before.dtype))
+    new_mean = new.detach().to(work).mean(-1, keepdim=True)
     if site.stream:
         state["mean"] = new_mean
         return
-    delta = new_mean - before.detach().float().mean(-1, keepdim=True)
+    delta = new_mean - before.detach().to(work).mean(-1, keepdim=True)
     mean = state.get("mean")
-    state["mean"] = delta if mean is None or mean.shape != delta.shape else mean + delta
+    if mean is None:
+        state["mean"] = delta
+    elif _broadcasts(mean.shape, delta.shape) or _broadcasts(delta.shape, mean.shape):
+        state["mean"] = mean.to(work) + delta  # e.g. hook_pos_embed's [1, pos, 1] with a [batch, pos, 1] write
+    else:
+        state["mean"] = delta
 
 
 def _to_hf(site: HFSite, new: torch.Tensor, t: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
     """The tensor to write at ``site`` for TransformerLens tensor ``new``; ``t`` is the tensor there and ``act``
     TransformerLens's view of it.
 
-    A residual-stream site (centring only) writes ``t + (new - act)`` in float32: the same map as
+    A residual-stream site (centring only) writes ``t + (new - act)`` in
+    :func:`~sae_hub.sites.compute_dtype` (float32 for half precision, float64 for float64): the same map as
     :meth:`HFSite.from_tl` (``act`` is ``t`` minus its mean plus a per-token constant, so both put back the mean
     the read removed), but an unchanged tensor comes back bit for bit. ``from_tl`` re-adds the mean to a centred
     tensor that was rounded to the model's dtype: in bf16 that alone moved a GPT-2's logits by 0.02 under a splice
@@ -369,8 +396,9 @@ def _to_hf(site: HFSite, new: torch.Tensor, t: torch.Tensor, act: torch.Tensor) 
     """
     if site.center and site.heads is None and site.value_bias is None and site.norm is None \
             and new.shape == act.shape:
-        delta = new.to(device=t.device, dtype=torch.float32) - act.to(device=t.device, dtype=torch.float32)
-        return (t.float() + delta).to(t.dtype)
+        work = compute_dtype(t.dtype)
+        delta = new.to(device=t.device, dtype=work) - act.to(device=t.device, dtype=work)
+        return (t.to(work) + delta).to(t.dtype)
     return site.from_tl(new, t, act)
 
 
@@ -554,7 +582,7 @@ class HuggingFaceAdapter(ModelAdapter):
         w = getattr(ln, "weight", None)
         gamma = w.detach() if isinstance(w, torch.Tensor) else None
         if gamma is not None and family.norm == "rms_offset":
-            gamma = 1.0 + gamma.float()  # Gemma's RMSNorm multiplies by (1 + weight)
+            gamma = 1.0 + gamma.to(compute_dtype(gamma.dtype))  # Gemma's RMSNorm multiplies by (1 + weight)
         return ("LayerNorm" if family.norm == "ln" else "RMSNorm"), gamma, False
 
     def resid_map(self, kind: str, layer: int) -> torch.Tensor:

@@ -316,6 +316,13 @@ def _no_site(hook: str, family: Family, candidates: list[str], why: str, model_c
 # ------------------------------------------------------------------------------------------------ bound sites
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a site's arithmetic runs in for tensors of ``dtype``: float32 for half precision (bf16/fp16 sums
+    over ``d_model`` lose the mean and the norm, as the models' own norms know by upcasting), the dtype itself
+    when it is wider: a float64 model must not be rounded through float32 (~1e-7 on its logits)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 @dataclass
 class HFSite:
     """A hook bound to a module of a live model: where it is, and how to map the tensor there to
@@ -344,7 +351,7 @@ class HFSite:
         if self.norm is not None:
             kind, eps, _ = self.norm
             x = module_input if module_input is not None else t
-            xf = x.float()
+            xf = x.to(compute_dtype(x.dtype))
             if kind == "ln":
                 xf = xf - xf.mean(-1, keepdim=True)
             t = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
@@ -358,7 +365,17 @@ class HFSite:
 
     def from_tl(self, new: torch.Tensor, orig: torch.Tensor, tl_before: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor to put at the site for TransformerLens activation ``new``; ``orig`` is what was there and
-        ``tl_before`` TransformerLens's view of it (what :meth:`to_tl` gave, plus any tracked mean)."""
+        ``tl_before`` TransformerLens's view of it (what :meth:`to_tl` gave, plus any tracked mean).
+
+        A ``hook_normalized`` site with ``tl_before`` writes ``orig + (new - tl_before) * scale`` (``scale``: the
+        norm's weight, ``1 + weight`` for an offset RMSNorm): the same map as ``new * scale + bias`` wherever the
+        model's norm equals ours, but an unchanged tensor comes back bit for bit. Llama's and Gemma's RMSNorms
+        compute in float32 even in a float64 model, so re-applying the weight to our float64 normalisation moved
+        the logits of an unedited float64 Llama by ~1e-7, and in bf16 Gemma's (rounded once in float32) differs
+        from ours rounded to bf16 and multiplied again.
+        """
+        if self.norm is not None:
+            return self._norm_from_tl(new, orig, tl_before)
         new = new.to(device=orig.device, dtype=orig.dtype)
         if self.center:  # residual-stream sites only (never per-head): put back the mean the read took away
             before = tl_before.to(orig.dtype).mean(-1, keepdim=True) if tl_before is not None else 0.0
@@ -367,18 +384,28 @@ class HFSite:
             new = new + self.value_bias.to(new.dtype)
         if self.heads is not None:
             new = new.flatten(-2)
-        if self.norm is not None:
-            kind, _, mod = self.norm
-            w = getattr(mod, "weight", None)
-            b = getattr(mod, "bias", None)
-            if kind == "rms_offset":
-                new = (new.float() * (1.0 + w.float())).to(orig.dtype) if w is not None else new
-            else:
-                if w is not None:
-                    new = new * w.to(new.dtype)
-                if b is not None:
-                    new = new + b.to(new.dtype)
         return new.reshape(orig.shape)
+
+    def _norm_from_tl(self, new: torch.Tensor, orig: torch.Tensor, tl_before: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`from_tl` at a ``hook_normalized`` site, in :func:`compute_dtype` of the model's dtype (float32
+        for half precision, as the model's own norms compute; float64 stays float64)."""
+        assert self.norm is not None
+        kind, _, mod = self.norm
+        work = compute_dtype(orig.dtype)
+        w = getattr(mod, "weight", None)
+        b = getattr(mod, "bias", None)
+        scale = w.detach().to(device=orig.device, dtype=work) if isinstance(w, torch.Tensor) else None
+        if kind == "rms_offset" and scale is not None:
+            scale = 1.0 + scale
+        new = new.to(device=orig.device, dtype=work)
+        if tl_before is not None and tl_before.shape == new.shape:
+            delta = new - tl_before.to(device=orig.device, dtype=work)
+            out = orig.to(work) + (delta * scale if scale is not None else delta)
+        else:
+            out = new * scale if scale is not None else new
+            if kind != "rms_offset" and isinstance(b, torch.Tensor):
+                out = out + b.detach().to(device=orig.device, dtype=work)
+        return out.to(orig.dtype).reshape(orig.shape)
 
 
 def _config_get(cfg: Any, *names: str) -> Any:
@@ -420,7 +447,8 @@ def _value_bias(model: Any, family: Family, layer: int, n_heads: int, d_head: in
     if processing.fold_ln and family.norm == "ln":
         ln_b = getattr(blk.get_submodule(family.ln1), "bias", None)
         if ln_b is not None:
-            extra = (w_v.detach().float() @ ln_b.detach().float()).to(w_v.dtype)
+            work = compute_dtype(w_v.dtype)
+            extra = (w_v.detach().to(work) @ ln_b.detach().to(work)).to(w_v.dtype)
             total = extra if total is None else total + extra
     return None if total is None else total.view(n_heads, d_head)
 

@@ -256,3 +256,252 @@ def test_mlp_module_input_and_output_sites(root, family):
         sae = make_sae(hook, d)
         _, feats = run_with_saes(hf, tokens, sae)
         torch.testing.assert_close(feats[hook], sae.encode(ref), atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- float64 models
+#
+# A float64 model must get float64 sites: TransformerLens's tensor at every site, and what a hook writes back,
+# computed without a float32 round trip. The references below are written by hand from the model's own modules
+# (their inputs and outputs, captured with plain torch hooks), never through sae_hub.sites.
+
+#: family -> hook -> (module path, "input"/"output", transform); "{L}" is the layer. Transforms: "resid" (centred
+#: over d_model on LayerNorm families: TransformerLens's centred writing weights), "z" (per head, minus the folded
+#: value bias), "norm" (normalised without the norm's weight/bias, from the norm's input), "plain".
+_F64_GPT2 = {
+    "hook_embed": ("transformer.wte", "output", "resid"),
+    "hook_pos_embed": ("transformer.wpe", "output", "resid"),
+    "ln_final.hook_normalized": ("transformer.ln_f", "output", "norm"),
+    "blocks.{L}.hook_resid_pre": ("transformer.h.{L}", "input", "resid"),
+    "blocks.{L}.hook_attn_in": ("transformer.h.{L}.ln_1", "input", "resid"),
+    "blocks.{L}.hook_resid_mid": ("transformer.h.{L}.ln_2", "input", "resid"),
+    "blocks.{L}.hook_mlp_in": ("transformer.h.{L}.ln_2", "input", "resid"),
+    "blocks.{L}.hook_resid_post": ("transformer.h.{L}", "output", "resid"),
+    "blocks.{L}.hook_attn_out": ("transformer.h.{L}.attn", "output", "resid"),
+    "blocks.{L}.hook_mlp_out": ("transformer.h.{L}.mlp", "output", "resid"),
+    "blocks.{L}.attn.hook_z": ("transformer.h.{L}.attn.c_proj", "input", "z"),
+    "blocks.{L}.ln1.hook_normalized": ("transformer.h.{L}.ln_1", "output", "norm"),
+    "blocks.{L}.ln2.hook_normalized": ("transformer.h.{L}.ln_2", "output", "norm"),
+    "blocks.{L}.mlp.hook_in": ("transformer.h.{L}.mlp", "input", "plain"),
+    "blocks.{L}.mlp.hook_out": ("transformer.h.{L}.mlp", "output", "plain"),
+    "blocks.{L}.mlp.hook_pre": ("transformer.h.{L}.mlp.c_fc", "output", "plain"),
+    "blocks.{L}.mlp.hook_post": ("transformer.h.{L}.mlp.c_proj", "input", "plain"),
+}
+_F64_LLAMA = {
+    "hook_embed": ("model.embed_tokens", "output", "resid"),
+    "ln_final.hook_normalized": ("model.norm", "output", "norm"),
+    "blocks.{L}.hook_resid_pre": ("model.layers.{L}", "input", "resid"),
+    "blocks.{L}.hook_attn_in": ("model.layers.{L}.input_layernorm", "input", "resid"),
+    "blocks.{L}.hook_resid_mid": ("model.layers.{L}.post_attention_layernorm", "input", "resid"),
+    "blocks.{L}.hook_mlp_in": ("model.layers.{L}.post_attention_layernorm", "input", "resid"),
+    "blocks.{L}.hook_resid_post": ("model.layers.{L}", "output", "resid"),
+    "blocks.{L}.hook_attn_out": ("model.layers.{L}.self_attn", "output", "resid"),
+    "blocks.{L}.hook_mlp_out": ("model.layers.{L}.mlp", "output", "resid"),
+    "blocks.{L}.attn.hook_z": ("model.layers.{L}.self_attn.o_proj", "input", "z"),
+    "blocks.{L}.ln1.hook_normalized": ("model.layers.{L}.input_layernorm", "output", "norm"),
+    "blocks.{L}.ln2.hook_normalized": ("model.layers.{L}.post_attention_layernorm", "output", "norm"),
+    "blocks.{L}.mlp.hook_in": ("model.layers.{L}.mlp", "input", "plain"),
+    "blocks.{L}.mlp.hook_out": ("model.layers.{L}.mlp", "output", "plain"),
+    "blocks.{L}.mlp.hook_pre": ("model.layers.{L}.mlp.gate_proj", "output", "plain"),
+    "blocks.{L}.mlp.hook_pre_linear": ("model.layers.{L}.mlp.up_proj", "output", "plain"),
+    "blocks.{L}.mlp.hook_post": ("model.layers.{L}.mlp.down_proj", "input", "plain"),
+}
+# Gemma 2: offset RMSNorms (scale 1 + w), the embedding scaled by sqrt(d_model) (read where layer 0 takes it), the
+# MLP's norm is pre_feedforward_layernorm and the sublayer outputs are read after their post-norms.
+_F64_GEMMA2 = {
+    **_F64_LLAMA,
+    "hook_embed": ("model.layers.0", "input", "resid"),
+    "blocks.{L}.hook_resid_mid": ("model.layers.{L}.pre_feedforward_layernorm", "input", "resid"),
+    "blocks.{L}.hook_mlp_in": ("model.layers.{L}.pre_feedforward_layernorm", "input", "resid"),
+    "blocks.{L}.ln2.hook_normalized": ("model.layers.{L}.pre_feedforward_layernorm", "output", "norm"),
+    "blocks.{L}.hook_attn_out": ("model.layers.{L}.post_attention_layernorm", "output", "resid"),
+    "blocks.{L}.hook_mlp_out": ("model.layers.{L}.post_feedforward_layernorm", "output", "resid"),
+}
+F64_SITES = {"gpt2": _F64_GPT2, "llama": _F64_LLAMA, "gemma2": _F64_GEMMA2}
+#: every hook name the families could map, tried on each family: the ones that resolve must all be in F64_SITES
+ALL_HOOKS = ["hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "ln_final.hook_scale",
+             *(f"blocks.{{L}}.{h}" for h in (
+                 "hook_resid_pre", "hook_attn_in", "hook_resid_mid", "hook_mlp_in", "hook_resid_post",
+                 "hook_attn_out", "hook_mlp_out", "attn.hook_z", "attn.hook_q", "ln1.hook_normalized",
+                 "ln2.hook_normalized", "ln1.hook_scale", "mlp.hook_in", "mlp.hook_out", "mlp.hook_pre",
+                 "mlp.hook_pre_linear", "mlp.hook_post"))]
+
+
+def _f64_model(root: Path, family: str) -> tuple[Any, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    fam = tiny_family(family, root, bridge=False)
+    model = AutoModelForCausalLM.from_pretrained(str(fam["dir"]), dtype=torch.float64, attn_implementation="eager")
+    assert next(model.parameters()).dtype == torch.float64
+    tokens = fam["tokenizer"](TEXT, padding=True, return_tensors="pt")["input_ids"]
+    return model.eval(), tokens
+
+
+def _f64_sites(family: str, n_layers: int = 2) -> dict[str, tuple[str, str, str]]:
+    """hook -> (module path, side, transform) for every layer (the test checks that these are exactly the hooks
+    resolve_hf_site places in this family, so no mapped site goes untested)."""
+    table = F64_SITES[family]
+    out: dict[str, tuple[str, str, str]] = {}
+    for hook in ALL_HOOKS:
+        for layer in range(n_layers) if "{L}" in hook else [None]:
+            name = hook.format(L=layer)
+            row = table.get(hook)
+            if row is not None:
+                out[name] = (row[0].format(L=layer), row[1], row[2])
+    return out
+
+
+def _capture_all(model: Any, tokens: torch.Tensor) -> tuple[dict[tuple[str, str], torch.Tensor], torch.Tensor]:
+    """Every module's first input and (first) output in one float64 forward, by plain torch hooks; and logits."""
+    seen: dict[tuple[str, str], torch.Tensor] = {}
+    handles = []
+    for path, mod in model.named_modules():
+        def pre(m: Any, args: Any, kwargs: Any, path: str = path) -> None:
+            t = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+            if isinstance(t, torch.Tensor):
+                seen[(path, "input")] = t.detach().clone()
+
+        def post(m: Any, args: Any, out: Any, path: str = path) -> None:
+            t = out[0] if isinstance(out, tuple) else out
+            if isinstance(t, torch.Tensor):
+                seen[(path, "output")] = t.detach().clone()
+
+        handles += [mod.register_forward_pre_hook(pre, with_kwargs=True), mod.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=tokens, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, logits
+
+
+def _hand_reference(model: Any, family: str, path: str, side: str, kind: str,
+                    seen: dict[tuple[str, str], torch.Tensor]) -> torch.Tensor:
+    """TransformerLens's float64 tensor at a site, from the captured module tensors (TransformerLens's default
+    processing: fold_ln, center_writing_weights on LayerNorm families, fold_value_biases)."""
+    n_heads, d_model = 4, 64
+    if kind == "norm":
+        x = seen[(path, "input")]
+        mod = model.get_submodule(path)
+        if family == "gpt2":
+            x = x - x.mean(-1, keepdim=True)
+            eps = mod.eps
+        else:
+            eps = getattr(mod, "variance_epsilon", getattr(mod, "eps", None))
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    t = seen[(path, side)]
+    if kind == "resid" and family == "gpt2":
+        return t - t.mean(-1, keepdim=True)
+    if kind == "z":
+        t = t.unflatten(-1, (n_heads, d_model // n_heads))
+        if family == "gpt2":  # b_V plus ln_1's bias through W_V (Conv1D weight [in, out], V last third)
+            layer = int(path.split(".")[2])
+            blk = model.transformer.h[layer]
+            w_v = blk.attn.c_attn.weight[:, 2 * d_model:]
+            b_v = blk.attn.c_attn.bias[2 * d_model:] + blk.ln_1.bias @ w_v
+            t = t - b_v.detach().view(n_heads, -1)
+        return t
+    return t
+
+
+def _hand_write(model: Any, family: str, path: str, side: str, kind: str, v: torch.Tensor) -> Any:
+    """A plain torch hook adding what TransformerLens's ``+ v`` at the site is in the Hugging Face model: ``v``
+    itself (``[.., n_heads, d_head]`` flattened at hook_z), or ``v`` times the norm's scale at hook_normalized."""
+    mod = model.get_submodule(path)
+    if kind == "norm":
+        w = mod.weight.detach()
+        delta = v * ((1.0 + w) if family == "gemma2" else w)
+    else:
+        delta = v.flatten(-2) if kind == "z" else v
+    if side == "output":
+        def post(m: Any, args: Any, out: Any) -> Any:
+            return (out[0] + delta, *out[1:]) if isinstance(out, tuple) else out + delta
+        return mod.register_forward_hook(post)
+
+    def pre(m: Any, args: Any, kwargs: Any) -> Any:
+        if args:
+            return (args[0] + delta, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + delta}
+    return mod.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+def test_float64_model_sites_are_float64(root, family):
+    """On a float64 model, every mapped site reads TransformerLens's tensor to <= 1e-12 of a float64 reference
+    written by hand from the modules; an identity edit (a new tensor equal to the read one) leaves the logits
+    unchanged to <= 1e-12; and ``+ v`` at the site equals the hand-mapped edit (logits and, for a write on the
+    residual stream, the next read, which carries v's mean on LayerNorm families) to <= 1e-12.
+
+    Before the fix the sites computed hook_normalized and residual-stream writes in float32: ~1e-7 off."""
+    from sae_hub.adapters import adapt
+
+    model, tokens = _f64_model(root, family)
+    adapter = adapt(model)
+    sites = _f64_sites(family)
+    placed = []  # every hook the library places must be in the hand table, and the other way round
+    for hook in ALL_HOOKS:
+        for layer in range(2) if "{L}" in hook else [None]:
+            name = hook.format(L=layer)
+            try:
+                resolve_hf_site(model, name)
+            except HookSiteError:
+                continue
+            placed.append(name)
+    assert sorted(placed) == sorted(sites), set(placed) ^ set(sites)
+    assert len(sites) == (31 if family == "gpt2" else 32)
+
+    seen, logits = _capture_all(model, tokens)
+    # 1. reads: all sites in one forward
+    got: dict[str, torch.Tensor] = {}
+
+    def saver(name: str) -> Any:
+        def fn(act: torch.Tensor, hook: Any) -> None:
+            got[name] = act.detach().clone()
+        return fn
+
+    with torch.no_grad(), adapter.hooks([(name, saver(name)) for name in sites]):
+        adapter.forward(tokens)
+    read_err = {}
+    for name, (path, side, kind) in sites.items():
+        ref = _hand_reference(model, family, path, side, kind, seen)
+        assert got[name].dtype == torch.float64, name
+        assert got[name].shape == ref.shape, name
+        read_err[name] = (got[name] - ref).abs().max().item()
+    assert max(read_err.values()) <= 1e-12, {k: f"{e:.1e}" for k, e in read_err.items() if e > 1e-12}
+
+    # 2. identity-like writes, one site at a time
+    ident_err = {}
+    for name in sites:
+        with torch.no_grad(), adapter.hooks([(name, lambda act, hook: act.clone())]):
+            ident_err[name] = (adapter.forward(tokens) - logits).abs().max().item()
+    assert max(ident_err.values()) <= 1e-12, {k: f"{e:.1e}" for k, e in ident_err.items() if e > 1e-12}
+
+    # 3. + v at the site (float64 values no float32 holds); on a stream-changing site the next read too
+    g = torch.Generator().manual_seed(3)
+    edit_err = {}
+    probe = "blocks.1.hook_resid_post"
+    for name, (path, side, kind) in sites.items():
+        shape = got[name].shape[2:]
+        v = (0.3 + torch.randn(shape, generator=g, dtype=torch.float64)) * (1 + 1e-9)
+        store: dict[str, torch.Tensor] = {}
+        pairs = [(name, lambda act, hook, v=v: act + v)]
+        if name not in (probe, "ln_final.hook_normalized"):  # the probe is read after the write
+            pairs.append((probe, lambda act, hook, store=store: store.__setitem__("probe", act.detach().clone())))
+        with torch.no_grad(), adapter.hooks(pairs):
+            out = adapter.forward(tokens)
+        h = _hand_write(model, family, path, side, kind, v)
+        try:
+            seen2, ref_logits = _capture_all(model, tokens)
+        finally:
+            h.remove()
+        err = (out - ref_logits).abs().max().item()
+        if "probe" in store:
+            ppath, pside, pkind = sites[probe]
+            ref = _hand_reference(model, family, ppath, pside, pkind, seen2)
+            if family == "gpt2" and kind == "resid":  # TransformerLens's stream acquired v's mean from the write
+                ref = ref + v.mean(-1, keepdim=True)
+            err = max(err, (store["probe"] - ref).abs().max().item())
+        edit_err[name] = err
+    assert max(edit_err.values()) <= 1e-12, {k: f"{e:.1e}" for k, e in edit_err.items() if e > 1e-12}
+    print(f"\n{family} float64: {len(sites)} sites; max read error {max(read_err.values()):.1e}, identity "
+          f"write {max(ident_err.values()):.1e}, + v write {max(edit_err.values()):.1e}")
