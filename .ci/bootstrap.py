@@ -191,7 +191,7 @@ def main() -> int:
     elif job == "test":
         py = ensure_venv("test")
         run(py, "-m", "ruff", "check", ".")
-        run(py, "-m", "mypy")  # [tool.mypy] in pyproject.toml: files = ["sae_hub"]
+        run(py, "-m", "mypy")  # [tool.mypy] in pyproject.toml: files = ["sae_hub", "loaders"]
         # pytest exits 5 when it collects nothing; check=True turns that (and any failure) into an error.
         run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sys.argv[2:])
         if not sys.argv[2:]:

@@ -145,7 +145,12 @@ def load(path: Path, options: dict[str, Any]) -> tuple[SAEConfig, dict[str, torc
     for key in ("trainer_class", "layer", "submodule_name"):
         if trainer.get(key) is not None:
             cfg.extra[f"dictionary_learning_{key}"] = trainer[key]
-    buffer = config.get("buffer") if isinstance(config.get("buffer"), dict) else {}
+    buffer = config.get("buffer")
+    if buffer is None:  # absent or null: the buffer only adds provenance
+        buffer = {}
+    elif not isinstance(buffer, dict):
+        raise ConfigError(f"config.json's buffer must be an object, got {type(buffer).__name__}",
+                          path=where, field="buffer")
     if buffer.get("io") is not None:
         cfg.extra["dictionary_learning_io"] = buffer["io"]
     for note in notes:
@@ -210,7 +215,8 @@ def _k_value(state: Mapping[str, torch.Tensor], trainer: Mapping[str, Any], opti
     if "option" in found and "state dict" in found and found["option"] != found["state dict"]:
         raise ConfigError(f"k={found['option']} contradicts the state dict's k={found['state dict']}",
                           path=path, field="k")
-    return found.get("state dict", found.get("option", found.get("config")))
+    # precedence: the state dict's buffer, then the caller's option, then config.json (found is not empty)
+    return next(found[w] for w in ("state dict", "option", "config") if w in found)
 
 
 def _convert(dict_class: str, s: dict[str, torch.Tensor], trainer: Mapping[str, Any], options: Mapping[str, Any],

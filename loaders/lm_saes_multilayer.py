@@ -45,12 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_hub.loaders.lm_saes import checked_field, model_name_of
 
 from sae_hub.errors import ConfigError, SaeHubError, ShapeMismatchError, UnsupportedSAEError
 from sae_hub.files import read_json, read_safetensors, read_safetensors_header
 from sae_hub.loading import register_loader
 from sae_hub.multilayer import CrossCoderConfig, MultiLayerConfig
+
+# Relative: this package is installed as sae_hub.loaders from the loaders/ folder (setuptools package-dir), a
+# mapping mypy cannot follow from a checkout; `.lm_saes` names the same module either way.
+from .lm_saes import checked_field, model_name_of
 
 __all__ = ["detect_clt", "detect_crosscoder", "load_clt", "load_crosscoder"]
 

@@ -278,14 +278,17 @@ def _arch_of(src: _Source, options: dict[str, Any]) -> tuple[str, str]:
     if len(given) > 1:
         raise ConfigError("give either top_k (TopKSAE) or running_threshold (BatchTopKSAE), not both",
                           path=src.path, field="top_k")
-    arch = arch_opt or {"top_k": "topk", "running_threshold": "batchtopk"}.get(given[0] if given else "")
-    if arch is None:
+    # arch_opt was checked against _ARCHITECTURES above, so it is a str here when given
+    chosen: str | None = arch_opt if arch_opt is not None else {
+        "top_k": "topk", "running_threshold": "batchtopk"}.get(given[0] if given else "")
+    if chosen is None:
         raise ConfigError(
             "an overcomplete state dict does not record its class: SAE, TopKSAE and BatchTopKSAE have the same "
             "keys. Say which: architecture='relu' (SAE), top_k=K (TopKSAE), or running_threshold=T "
             "(BatchTopKSAE, eval mode). Loading the pickled module (module.pt) needs none of these",
             path=src.path, field="architecture",
         )
+    arch = chosen
     if arch == "jumprelu":
         raise ConfigError("architecture='jumprelu' needs a 'thresholds' tensor (JumpSAE), this file has none",
                           path=src.path, field="architecture")
@@ -322,12 +325,12 @@ def _encoder(src: _Source, options: dict[str, Any]) -> tuple[torch.Tensor, torch
             b = torch.zeros(W.shape[0], dtype=W.dtype)
             notes.append("b_enc = 0 (untied encoder without bias)")
         return W, b, notes
-    W = s.get("encoder.final_block.0.weight")
-    if W is None:
+    weight = s.get("encoder.final_block.0.weight")
+    if weight is None:
         raise UnsupportedSAEError(f"unrecognised encoder tensors {enc_keys[:4]}", path=src.path)
-    b = s.get("encoder.final_block.0.bias")
-    if b is None:
-        b = torch.zeros(W.shape[0], dtype=W.dtype)
+    W = weight
+    bias = s.get("encoder.final_block.0.bias")
+    b = bias if bias is not None else torch.zeros(W.shape[0], dtype=W.dtype)
     norm_keys = sorted(k for k in enc_keys if k.startswith("encoder.final_block.1."))
     other = [k for k in enc_keys if not k.startswith(("encoder.final_block.0.", "encoder.final_block.1."))]
     if other:

@@ -301,3 +301,17 @@ def test_malicious_ae_pt(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=r"posix.system"):
         SAE.load_from_disk(folder)
     assert not marker.exists()
+
+
+def test_buffer_that_is_not_an_object_is_a_config_error(tmp_path):
+    """config.json's ``buffer`` (the trainer's activation buffer settings, read for ``io``) must be an object; a
+    null one is as good as absent. It used to be ignored silently when malformed."""
+    folder = write_trainer(tmp_path / "t", "AutoEncoder", make_state("AutoEncoder"))
+    cfg = json.loads((folder / "config.json").read_text())
+    for bad in ([1, 2], "out"):
+        (folder / "config.json").write_text(json.dumps({**cfg, "buffer": bad}))
+        with pytest.raises(ConfigError, match=r"buffer must be an object") as err:
+            SAE.load_from_disk(folder)
+        assert err.value.field == "buffer" and str(err.value.path).endswith("config.json")
+    (folder / "config.json").write_text(json.dumps({**cfg, "buffer": None}))
+    assert "dictionary_learning_io" not in SAE.load_from_disk(folder).cfg.extra
