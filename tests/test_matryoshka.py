@@ -107,6 +107,24 @@ def test_sparse_step_gradient_equals_dense_autograd_of_the_nested_losses(widths)
     assert float(out.aux.detach()) > 0
 
 
+@pytest.mark.parametrize("L", [1, 2, 5])
+def test_nested_prefix_loss_matches_autograd_and_passes_gradcheck(L):
+    """kernels.NestedPrefixLoss: value and gradients equal autograd through Σ_{i<L-1} ‖t − Σ_{l<=i} P_l‖²."""
+    from sae_hub.training.kernels import NestedPrefixLoss
+
+    g = torch.Generator().manual_seed(L)
+    P = torch.randn(L, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = sum(((t - P[: i + 1].sum(0)) ** 2).sum() for i in range(L - 1)) + 0 * P.sum()
+    got = NestedPrefixLoss.apply(P, t)
+    torch.testing.assert_close(got, ref.detach() if L > 1 else torch.zeros((), dtype=torch.float64))
+    ref_grads = torch.autograd.grad(ref * 1.7, (P, t), allow_unused=True)
+    got_grads = torch.autograd.grad(got * 1.7, (P, t), allow_unused=True)
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b if b is not None else torch.zeros_like(a))
+    assert torch.autograd.gradcheck(NestedPrefixLoss.apply, (P, t))
+
+
 def test_step_saves_no_dense_latent_tensor_for_backward():
     """No [B, d_sae] tensor is kept for the backward (so none of that size is differentiated): the step stays on
     the sparse kernels; a dense forward would save its [B, d_sae] activations."""

@@ -65,6 +65,7 @@ from torch import nn
 __all__ = [
     "Heaviside",
     "JumpReLU",
+    "NestedPrefixLoss",
     "Pairs",
     "Selection",
     "SparseDecode",
@@ -311,6 +312,44 @@ class SparseDecode(torch.autograd.Function):
             grad_W, grad_v = pairs.bag_backward(W_dec, v, g, grad_W, accumulate, value_grads=True)  # [n, d], v's
             grads.append(grad_v)
         return grad_W, grads[0], None, grads[1], None, None
+
+
+class NestedPrefixLoss(torch.autograd.Function):
+    """Matryoshka's inner losses ``Σ_{i<L-1} ‖t − C_i‖²`` summed over tokens, ``C_i = Σ_{ℓ≤i} P_ℓ`` the prefix
+    reconstructions from the per-level contributions ``P [L, B, d]`` (the last level is the whole dictionary, whose
+    loss the caller computes with the others'). ``NestedPrefixLoss.apply(P, t [B, d]) -> 0-d``.
+
+    forward   r_i = t − C_i = r_{i-1} − P_i (r_{-1} = t),  loss = Σ_{i=0}^{L-2} ⟨r_i, r_i⟩
+    backward  dL/dP_ℓ = −2g·Σ_{i=ℓ}^{L-2} r_i (0 for ℓ = L−1),  dL/dt = 2g·Σ_{i=0}^{L-2} r_i,
+              the suffix sums walked from i = L−2 down, r_{i-1} = r_i + P_i rebuilt on the way
+    Why a function of its own: written with autograd (prefix sums, then a squared error per level), the forward
+    and backward make ~10 passes over ``[L, B, d]``; here each level is one ``[B, d]`` pass forward and two back,
+    with one ``[B, d]`` residual saved (768x16k, b=2048: the Matryoshka step went from ~1.09x to ~1.01x a
+    batchtopk step; 256x1024, b=1024: 1.56x to 1.27x).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, P: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r = t.clone()  # [B, d]
+        total = t.new_zeros(())
+        for i in range(P.shape[0] - 1):
+            r.sub_(P[i])  # r_i
+            total += torch.dot(r.view(-1), r.view(-1))
+        ctx.save_for_backward(P, r)  # [L, B, d], [B, d] r_{L-2}
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        P, r_last = ctx.saved_tensors  # [L, B, d], [B, d]
+        grad = torch.empty_like(P)  # [L, B, d]
+        grad[-1].zero_()
+        r, S = r_last.clone(), torch.zeros_like(r_last)  # [B, d] each
+        for i in range(P.shape[0] - 2, -1, -1):
+            S.add_(r)  # Σ_{j=i}^{L-2} r_j
+            torch.mul(S, -2 * g, out=grad[i])
+            if i:
+                r.add_(P[i])  # r_{i-1}
+        return grad, S.mul_(2 * g)
 
 
 def sparse_encode(x: torch.Tensor, W_encT: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor | None, *,

@@ -79,6 +79,7 @@ from sae_hub.training.distributed import all_reduce_mean_, fused_adam_kwargs, in
 from sae_hub.training.kernels import (
     Heaviside,
     JumpReLU,
+    NestedPrefixLoss,
     Pairs,
     Selection,
     SparseDecode,
@@ -284,7 +285,7 @@ class _Forward(NamedTuple):
     aux_hat: torch.Tensor | None  # [b, d_in] AuxK reconstruction from dead latents (None while none is dead)
     pre: torch.Tensor | None  # [b, d_sae] pre-activations (relu/jumprelu)
     theta: torch.Tensor | None  # [d_sae] thresholds exp(log θ) (jumprelu)
-    prefixes: torch.Tensor | None = None  # [L-1, b, d_in] matryoshka: inner prefixes' reconstructions, less b_dec
+    levels: torch.Tensor | None = None  # [L, b, d_in] matryoshka: each level's part of x_hat (prefix i: levels <= i)
 
 
 class _StepOut(NamedTuple):
@@ -441,8 +442,9 @@ class Trainer:
         """A skip transcoder's forward: the reconstruction (and matryoshka's prefixes, each of which the loss
         compares with y on its own) plus ``x @ W_skip.T``. AuxK's residual is then what latents and skip missed."""
         skip = F.linear(x, self.params.W_skip)  # [b, d_out]
-        prefixes = fwd.prefixes + skip if fwd.prefixes is not None else None
-        return fwd._replace(x_hat=fwd.x_hat + skip, prefixes=prefixes)
+        # matryoshka: every prefix contains level 0, so skip added there shifts each prefix by it
+        levels = torch.cat([fwd.levels[:1] + skip, fwd.levels[1:]]) if fwd.levels is not None else None
+        return fwd._replace(x_hat=fwd.x_hat + skip, levels=levels)
 
     def _forward(self, x: torch.Tensor) -> _Forward:
         """Features and reconstruction of the scaled batch ``x [b, d_in]``."""
@@ -468,17 +470,17 @@ class Trainer:
 
     def _matryoshka_forward(self, vals: torch.Tensor, avals: torch.Tensor, pairs: Pairs, apairs: Pairs | None,
                             W_dec: torch.Tensor) -> _Forward:
-        """Matryoshka's reconstructions of every prefix ``[0, m_i)`` of the dictionary, from one sparse decode.
+        """Matryoshka's forward: the full reconstruction and each level's part of it, from one sparse decode.
 
         Why one decode: prefix i's reconstruction is the sum of the contributions of levels ≤ i (level ℓ: the
         latents in ``[m_ℓ-1, m_ℓ)``), so the selected pairs are regrouped into ``L·b`` bags by (level, token),
         decoded once by :class:`SparseDecode` (batchtopk's sparse forward and backward over the same ``M`` pairs,
-        no ``[b, d_sae]`` tensor), and the prefixes are running sums over the levels. Their backward hands level
-        ℓ the summed gradient of every prefix containing it, which is exactly ∂(Σ_i loss_i)/∂(level ℓ's part).
-        The running sums are one ``[L, L]`` lower-triangular GEMM over the ``[L, b·d_in]`` level contributions
-        (its backward one more): on CPU ``cumsum(0)`` over ``[L, b, d_in]`` and its flip-cumsum-flip backward cost
-        ~100 ms a step at 768x16k, b=2048, and L-1 adds plus a stack ~45 ms more than the GEMM. The regrouping
-        is a stable sort of the levels (pairs stay in token order within a level).
+        no ``[b, d_sae]`` tensor). It returns the ``[L, b, d_in]`` level contributions; the inner prefixes' losses
+        are :class:`~sae_hub.training.kernels.NestedPrefixLoss` (running residuals level by level, and the suffix
+        sums of their gradients, which is exactly ∂(Σ_i loss_i)/∂(level ℓ's part)). Measured alternatives were
+        slower: ``cumsum(0)`` over ``[L, b, d_in]`` (~100 ms a step at 768x16k, b=2048, with its backward), L-1
+        adds and a stack, a lower-triangular GEMM plus ``mse_loss``. The regrouping is a stable sort of the levels
+        (pairs stay in token order within a level).
         """
         widths = cast(torch.Tensor, self.matryoshka)  # [L]
         L, B, M = widths.numel(), pairs.offsets.numel(), pairs.latents.numel()
@@ -491,11 +493,10 @@ class Trainer:
                         pairs.n_latents)  # L·b bags
         dec, e_hat = SparseDecode.apply(W_dec, vals.index_select(0, order), grouped, avals, apairs,
                                         self.sel.workspace)  # [L·b, d_in], [b, d_in] or [0]
-        tri = torch.ones(L, L, dtype=dec.dtype, device=dec.device).tril_()  # [L, L] prefix i sums levels <= i
-        prefixes = (tri @ dec.view(L, -1)).view(L, B, -1)  # [L, b, d_in] the selected latents below m_i, no b_dec
-        x_hat = prefixes[-1] + self.params.b_dec  # [b, d_in] the whole dictionary's reconstruction
+        levels = dec.view(L, B, -1)  # [L, b, d_in] each level's contribution (no b_dec)
+        x_hat = levels.sum(0) + self.params.b_dec  # [b, d_in] the whole dictionary's reconstruction
         return _Forward(x_hat, vals, pairs.latents, e_hat if apairs is not None else None, None, None,
-                        prefixes[:-1] if L > 1 else None)
+                        levels if L > 1 else None)
 
     def _effective_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(W_encT, b_enc, W_dec) as the SAE computes with them. The parameters themselves, except with
@@ -530,9 +531,8 @@ class Trainer:
                 aux = self.aux_scale * (fwd.aux_hat - err.detach()).pow(2).sum(-1).mean() / self.var
             l0 = (fwd.f > 0).sum() / x.shape[0]
             loss = recon + cfg.auxk_alpha * aux
-            if fwd.prefixes is not None:  # matryoshka: + each inner prefix's own normalised MSE (summed, as SAELens)
-                pre = fwd.prefixes  # [L-1, b, d_in]; mse_loss: one fused pass forward and one backward
-                loss = loss + F.mse_loss(pre, (x - p.b_dec).expand_as(pre), reduction="sum") / (x.shape[0] * self.var)
+            if fwd.levels is not None:  # matryoshka: + each inner prefix's own normalised MSE (summed, as SAELens)
+                loss = loss + NestedPrefixLoss.apply(fwd.levels, x - p.b_dec) / (x.shape[0] * self.var)
             return _StepOut(fwd.x_hat, loss, recon, aux, aux.new_zeros(()), l0)
         if cfg.architecture == "relu":  # Anthropic April 2024: L1 on f·‖W_dec_j‖
             sparsity = (fwd.f * p.W_dec.norm(dim=-1)).sum(-1).mean()
