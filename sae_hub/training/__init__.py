@@ -9,7 +9,8 @@ The rooms, in reading order:
 * ``kernels.py`` — the training-time SAE math: sparse TopK autograd functions (forward and backward formulas),
   JumpReLU's straight-through estimators, decoder constraints;
 * ``checkpoint.py`` / ``distributed.py`` — checkpoints on disk; devices and data parallelism;
-* ``evaluate.py`` — quality numbers of any SAE; ``synthetic.py`` — planted-feature data and recovery metrics.
+* ``evaluate.py`` — quality numbers of any SAE; ``synthetic.py`` — planted-feature data and recovery metrics;
+* ``callbacks.py`` — optional experiment logging (:class:`WandbCallback`; wandb imported only when one is made).
 
 Names resolve on first access (as in :mod:`sae_hub`), so ``import sae_hub.training`` stays cheap and importing
 one submodule (say, the activation sources) does not pull in the others.
