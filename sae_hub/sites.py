@@ -367,15 +367,22 @@ class HFSite:
         """The tensor to put at the site for TransformerLens activation ``new``; ``orig`` is what was there and
         ``tl_before`` TransformerLens's view of it (what :meth:`to_tl` gave, plus any tracked mean).
 
-        A ``hook_normalized`` site with ``tl_before`` writes ``orig + (new - tl_before) * scale`` (``scale``: the
-        norm's weight, ``1 + weight`` for an offset RMSNorm): the same map as ``new * scale + bias`` wherever the
-        model's norm equals ours, but an unchanged tensor comes back bit for bit. Llama's and Gemma's RMSNorms
+        With ``tl_before``, a ``hook_normalized`` site writes ``orig + (new - tl_before) * scale`` (``scale``: the
+        norm's weight, ``1 + weight`` for an offset RMSNorm) and an ``attn.hook_z`` site ``orig + (new - tl_before)``
+        (heads flattened): the same maps as ``new * scale + bias`` and ``new + value_bias`` wherever the model's
+        tensor equals ours, but an unchanged tensor comes back bit for bit. Llama's and Gemma's RMSNorms
         compute in float32 even in a float64 model, so re-applying the weight to our float64 normalisation moved
         the logits of an unedited float64 Llama by ~1e-7, and in bf16 Gemma's (rounded once in float32) differs
         from ours rounded to bf16 and multiplied again.
         """
         if self.norm is not None:
             return self._norm_from_tl(new, orig, tl_before)
+        if self.value_bias is not None and tl_before is not None and tl_before.shape == new.shape:
+            # hook_z: orig is flatten(tl_before + value_bias), so this is flatten(new + value_bias) without
+            # rounding the bias in and out again (in bf16 that alone moved an unedited GPT-2's logits by 0.03)
+            work = compute_dtype(orig.dtype)
+            delta = new.to(device=orig.device, dtype=work) - tl_before.to(device=orig.device, dtype=work)
+            return (orig.to(work) + delta.reshape(orig.shape)).to(orig.dtype)
         new = new.to(device=orig.device, dtype=orig.dtype)
         if self.center:  # residual-stream sites only (never per-head): put back the mean the read took away
             before = tl_before.to(orig.dtype).mean(-1, keepdim=True) if tl_before is not None else 0.0

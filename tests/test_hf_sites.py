@@ -505,3 +505,29 @@ def test_float64_model_sites_are_float64(root, family):
     assert max(edit_err.values()) <= 1e-12, {k: f"{e:.1e}" for k, e in edit_err.items() if e > 1e-12}
     print(f"\n{family} float64: {len(sites)} sites; max read error {max(read_err.values()):.1e}, identity "
           f"write {max(ident_err.values()):.1e}, + v write {max(edit_err.values()):.1e}")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+def test_bf16_identity_write_leaves_logits_bit_identical_at_every_site(root, family):
+    """bf16: a hook returning a copy of what it read changes nothing at any mapped site (writes add the change to
+    the model's own tensor). Before, GPT-2's attn.hook_z rounded the value bias out and back in bf16 (0.03 on the
+    logits)."""
+    from transformers import AutoModelForCausalLM
+
+    from sae_hub.adapters import adapt
+
+    fam = tiny_family(family, root, bridge=False)
+    model = AutoModelForCausalLM.from_pretrained(str(fam["dir"]), dtype=torch.bfloat16,
+                                                 attn_implementation="eager").eval()
+    tokens = fam["tokenizer"](TEXT, padding=True, return_tensors="pt")["input_ids"]
+    adapter = adapt(model)
+    changed = {}
+    with torch.no_grad():
+        base = adapter.forward(tokens)
+        for name in _f64_sites(family):
+            with adapter.hooks([(name, lambda act, hook: act.clone())]):
+                out = adapter.forward(tokens)
+            if not torch.equal(out, base):
+                changed[name] = (out.float() - base.float()).abs().max().item()
+    assert len(_f64_sites(family)) >= 31
+    assert not changed, changed
