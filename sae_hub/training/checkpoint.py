@@ -42,7 +42,10 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 _CKPT_RE = re.compile(r"^step_(\d+)$")
 # What must match between a checkpoint and the run resuming it (the rest may change, e.g. steps or lr).
-_MUST_MATCH = ("architecture", "d_in", "d_sae", "k", "batch_size", "transcoder", "skip_connection", "d_out")
+# decoder_norm / decoder_lr_scale: what the parameters mean and the optimiser's param groups (a checkpoint from
+# before their defaults changed cannot be resumed under the new ones)
+_MUST_MATCH = ("architecture", "d_in", "d_sae", "k", "batch_size", "transcoder", "skip_connection", "d_out",
+               "decoder_norm", "decoder_lr_scale")
 
 
 def write_checkpoint(root: str | os.PathLike[str], step: int, tensors: dict[str, Any], state: dict[str, Any], *,
