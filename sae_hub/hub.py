@@ -50,10 +50,11 @@ from sae_hub.errors import (
 if TYPE_CHECKING:
     from typing import Protocol
 
+    import torch
     from huggingface_hub import HfApi, ModelCardData
 
     from sae_hub.config import SAEConfig
-    from sae_hub.loading import Loader
+    from sae_hub.loading import Facts, Loader
     from sae_hub.releases import Source
 
     class HasConfig(Protocol):
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 
         cfg: SAEConfig
 
-__all__ = ["Fetched", "fetch", "fetch_hub_file", "model_card", "push_folder", "root_card"]
+__all__ = ["Fetched", "fetch", "fetch_hub_file", "load_located", "model_card", "push_folder", "root_card"]
 
 _GLOB = re.compile(r"[*?\[]")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -569,6 +570,21 @@ def fetch(src: Source, *, offline: bool | None = None, force: bool = False, conf
     finally:
         if stub is not None:
             stub.cleanup()
+
+
+def load_located(src: Source, *, kind: str, options: dict[str, Any] | None = None, offline: bool | None = None,
+                 force: bool = False, facts: Facts | None = None) -> tuple[Any, dict[str, torch.Tensor], str]:
+    """``(config, canonical tensors, source)`` of a located release, for the class building ``kind``: a release
+    of another kind is refused before any request (naming the call to use), then :func:`fetch` (verified files;
+    a corrupt cached file met while loading is evicted) and :func:`sae_hub.loading.load_local` with the
+    release's loader options under ``options``. Every ``from_pretrained`` (SAE, multi-layer, crosscoder,
+    temporal) is ``locate`` + this + its own ``from_state_dict``."""
+    from sae_hub.loading import check_release_kind, load_local
+
+    check_release_kind(src, kind)
+    with fetch(src, offline=offline, force=force) as got:
+        return load_local(got.path, format=got.format, options={**src.options, **(options or {})}, facts=facts,
+                          files=got.files, kind=kind)
 
 
 def fetch_hub_file(repo_id: str, filename: str, *, repo_type: str | None = None,

@@ -50,9 +50,11 @@ if TYPE_CHECKING:
     import torch
 
     from sae_hub.config import SAEConfig
+    from sae_hub.releases import Source
 
-__all__ = ["Facts", "Loader", "apply_facts", "candidate_loaders", "detect_format", "get_loader", "list_loaders",
-           "load_local", "load_local_config", "loaders", "register_loader"]
+__all__ = ["KINDS", "Facts", "Loader", "apply_facts", "candidate_loaders", "check_release_kind", "detect_format",
+           "get_loader", "list_loaders", "load_local", "load_local_config", "loaders", "register_loader",
+           "release_kind"]
 
 LoadFn = Callable[[Path, dict[str, Any]], "tuple[SAEConfig, dict[str, torch.Tensor]]"]
 DetectFn = Callable[[Path], bool]
@@ -113,6 +115,41 @@ _discovering = False
 _plugins_discovered = False
 
 
+#: Loader kinds: what a loader of each kind returns, described, and the class that builds it (module, name).
+#: ``sae_hub.from_pretrained`` dispatches on it, and every class refuses a release of another kind by it.
+KINDS: dict[str, tuple[str, str, str]] = {
+    "sae": ("a single-layer SAE", "sae_hub.sae", "SAE"),
+    "multilayer": ("a multi-layer dictionary (transcoder set or CLT)", "sae_hub.multilayer", "MultiLayerDictionary"),
+    "crosscoder": ("a crosscoder (one latent space over several sites)", "sae_hub.multilayer", "CrossCoder"),
+    "temporal": ("a temporal SAE (it codes each token partly from the earlier tokens of its sequence, so it is "
+                 "not per-token)", "sae_hub.temporal", "TemporalSAE"),
+}
+
+
+def release_kind(src: Source) -> str | None:
+    """The kind of dictionary a located release holds, from its format alone (no I/O); None when the format is
+    only known after fetching (a bare Hub repo)."""
+    return get_loader(src.format).kind if src.format is not None else None
+
+
+def check_release_kind(src: Source, kind: str) -> None:
+    """Refuse, before anything is fetched, a release holding another kind than ``kind``, naming the call to use.
+
+    Why refuse rather than return the other class: each ``from_pretrained`` is typed to return its own class
+    (splicing and conversion rely on ``SAE.from_pretrained`` returning an SAE); ``sae_hub.from_pretrained`` is
+    the call that returns whatever a release holds.
+    """
+    held = release_kind(src)
+    if held is None or held == kind:
+        return
+    rel = src.release.name if src.release is not None else src.repo_id
+    sid = src.entry.id if src.entry is not None else src.path
+    what, _, cls = KINDS[held]
+    raise UnsupportedSAEError(f"{rel!r} / {sid!r} is {what} (format {src.format!r}): load it with "
+                              f"sae_hub.{cls}.from_pretrained({rel!r}, {sid!r}) (or sae_hub.from_pretrained)",
+                              path=f"hf://{src.label}", field="format")
+
+
 def register_loader(
     name: str,
     *,
@@ -154,9 +191,8 @@ def register_loader(
         raise LoaderRegistrationError(f"loader {name!r}: declare the files it reads")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise LoaderRegistrationError(f"loader {name!r}: priority must be an int, got {priority!r}")
-    if kind not in ("sae", "multilayer", "crosscoder", "temporal"):
-        raise LoaderRegistrationError(f"loader {name!r}: kind must be 'sae', 'multilayer', 'crosscoder' or "
-                                      f"'temporal', got {kind!r}")
+    if kind not in KINDS:
+        raise LoaderRegistrationError(f"loader {name!r}: kind must be one of {sorted(KINDS)}, got {kind!r}")
 
     def decorator(fn: LoadFn) -> LoadFn:
         if not callable(fn):
@@ -536,8 +572,8 @@ def load_local(
     into a :class:`CorruptFileError` naming the loader and the path. ``facts`` (what a release table says about
     this SAE) reach the loader as the options it takes and are then applied by :func:`apply_facts`; ``files``
     replaces the provenance's file list when the caller knows more than the folder does (the hub's
-    ``hf://repo@commit/name`` and the sha256 it verified). ``kind`` is what the caller builds ("sae" or
-    "multilayer"); a loader of the other kind is refused before it reads anything, naming the class to use.
+    ``hf://repo@commit/name`` and the sha256 it verified). ``kind`` is what the caller builds (a key of
+    :data:`KINDS`); a loader of another kind is refused before it reads anything, naming the class to use.
     """
     p = Path(path)
     if format is None:
@@ -547,12 +583,8 @@ def load_local(
         name = format
     loader = get_loader(name)
     if loader.kind != kind:
-        what, use = {"multilayer": ("a multi-layer dictionary (transcoder set or CLT)", "sae_hub.MultiLayerDictionary"),
-                     "crosscoder": ("a crosscoder (one latent space over several sites)", "sae_hub.CrossCoder"),
-                     "temporal": ("a temporal SAE (it codes each token partly from the earlier tokens of its "
-                                  "sequence, so it is not per-token)", "sae_hub.TemporalSAE"),
-                     }.get(loader.kind, ("a single-layer SAE", "sae_hub.SAE"))
-        raise UnsupportedSAEError(f"format {name!r} holds {what}; load it with {use}.load_from_disk", path=p,
+        what, cls = KINDS[loader.kind][0], KINDS[loader.kind][2]
+        raise UnsupportedSAEError(f"format {name!r} holds {what}; load it with sae_hub.{cls}.load_from_disk", path=p,
                                   field="format")
     opts = _checked_options(loader, p, _with_facts(loader, options, facts))
     try:

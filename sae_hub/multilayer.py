@@ -79,7 +79,6 @@ __all__ = ["KINDS", "MULTILAYER_ARCHITECTURES", "CrossCoder", "CrossCoderConfig"
 
 KINDS = ("transcoder_set", "clt")
 MULTILAYER_ARCHITECTURES = ("relu", "jumprelu", "topk")
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -512,8 +511,8 @@ class MultiLayerDictionary(nn.Module):
         """Build around existing (e.g. memory-mapped) tensors: no init and no copy unless ``dtype``/``device``
         differ. Missing, unexpected, misshapen or non-float tensors are a :class:`ShapeMismatchError` naming
         the tensor (and ``source``)."""
-        tensors = _validated(multilayer_param_shapes(cfg), state_dict, f"{cfg.kind} over layers {cfg.layers}",
-                             device, dtype, source, cfg)
+        tensors = _checked(multilayer_param_shapes(cfg), state_dict, f"a {cfg.kind} over layers {cfg.layers}",
+                           cfg, device=device, dtype=dtype, source=source)
         return cls(cfg, _tensors=tensors)
 
     @classmethod
@@ -540,18 +539,11 @@ class MultiLayerDictionary(nn.Module):
         class. Only the files the format reads are fetched; weights stay memory-mapped. The release table's
         model name and release are recorded (its hook facts are per-SAE and do not apply to a multi-layer set)."""
         from sae_hub import hub
-        from sae_hub.loading import get_loader, load_local
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
-        if src.format is not None and get_loader(src.format).kind == "crosscoder":
-            raise UnsupportedSAEError(f"{release!r} / {sae_id!r} is a crosscoder (format {src.format!r}): load it "
-                                      f"with sae_hub.CrossCoder.from_pretrained({release!r}, {sae_id!r})",
-                                      path=f"hf://{src.label}", field="format")
-        options = {**src.options, **options}
-        with hub.fetch(src, offline=local_files_only, force=force_download) as got:
-            cfg, state_dict, source = load_local(got.path, format=got.format, options=options, files=got.files,
-                                                 kind="multilayer")
+        cfg, state_dict, source = hub.load_located(src, kind="multilayer", options=options,
+                                                   offline=local_files_only, force=force_download)
         if not isinstance(cfg, MultiLayerConfig):
             raise UnsupportedSAEError("this is a single-layer SAE; load it with sae_hub.SAE.from_pretrained",
                                       path=source, field="format")
@@ -686,8 +678,8 @@ class CrossCoder(nn.Module):
                         device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
                         source: str | os.PathLike[str] | None = None) -> CrossCoder:
         """Build around existing tensors (validated like :meth:`MultiLayerDictionary.from_state_dict`)."""
-        tensors = _validated(crosscoder_param_shapes(cfg), state_dict, f"crosscoder over {cfg.n_sites} sites",
-                             device, dtype, source, cfg)
+        tensors = _checked(crosscoder_param_shapes(cfg), state_dict, f"a crosscoder over {cfg.n_sites} sites",
+                           cfg, device=device, dtype=dtype, source=source)
         return cls(cfg, _tensors=tensors)
 
     @classmethod
@@ -715,20 +707,11 @@ class CrossCoder(nn.Module):
         class that loads it (so a wrong call costs no download). The release's model fills the per-site model
         names the files leave unknown, and the release and id are recorded in ``cfg.extra["release"]``."""
         from sae_hub import hub
-        from sae_hub.loading import get_loader, load_local
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
-        if src.format is not None and get_loader(src.format).kind != "crosscoder":
-            kind = get_loader(src.format).kind
-            use = "sae_hub.MultiLayerDictionary" if kind == "multilayer" else "sae_hub.SAE"
-            raise UnsupportedSAEError(f"{release!r} / {sae_id!r} is not a crosscoder (format {src.format!r}): load "
-                                      f"it with {use}.from_pretrained({release!r}, {sae_id!r})",
-                                      path=f"hf://{src.label}", field="format")
-        options = {**src.options, **options}
-        with hub.fetch(src, offline=local_files_only, force=force_download) as got:
-            cfg, state_dict, source = load_local(got.path, format=got.format, options=options, files=got.files,
-                                                 kind="crosscoder")
+        cfg, state_dict, source = hub.load_located(src, kind="crosscoder", options=options,
+                                                   offline=local_files_only, force=force_download)
         if not isinstance(cfg, CrossCoderConfig):
             raise UnsupportedSAEError("this is not a crosscoder", path=source, field="format")
         if src.release is not None and src.entry is not None:
@@ -738,43 +721,14 @@ class CrossCoder(nn.Module):
         return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
 
 
-def _validated(expected: dict[str, tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], what: str,
-               device: str | torch.device, dtype: torch.dtype | str | None,
-               source: str | os.PathLike[str] | None, cfg: MultiLayerConfig | CrossCoderConfig
-               ) -> dict[str, torch.Tensor]:
-    """Check ``state_dict`` against ``expected`` (missing, unexpected, shape, float), settle the dtype, move."""
-    missing = [k for k in expected if k not in state_dict]
-    if missing:
-        raise ShapeMismatchError(f"missing tensor(s) {missing[:8]} for a {what}", path=source, field=missing[0])
-    unexpected = [k for k in state_dict if k not in expected]
-    if unexpected:
-        raise ShapeMismatchError(f"unexpected tensor(s) {unexpected[:8]} for a {what}", path=source,
-                                 field=unexpected[0])
-    dts = set()
-    for key, shape in expected.items():
-        t = state_dict[key]
-        if not isinstance(t, torch.Tensor):
-            raise ShapeMismatchError(f"{key} is a {type(t).__name__}, not a tensor", path=source, field=key)
-        if tuple(t.shape) != shape:
-            raise ShapeMismatchError(f"tensor {key} has shape {list(t.shape)}, the config needs {list(shape)}",
-                                     path=source, field=key)
-        if not t.is_floating_point():
-            raise ShapeMismatchError(f"tensor {key} has dtype {dtype_to_str(t.dtype)}; weights must be floating "
-                                     "point (refused rather than cast)", path=source, field=key)
-        dts.add(t.dtype)
-    if dtype is not None:
-        target = dtype_from_str(dtype)
-    elif len(dts) == 1:
-        target = dts.pop()
-    else:
-        target = max(dts, key=lambda d: torch.finfo(d).bits)
-        cfg.record(f"mixed stored dtypes cast to {dtype_to_str(target)}")
-    if target not in _COMPUTE_DTYPES:
-        raise ConfigError(f"cannot compute in {dtype_to_str(target)}; pass dtype='float32' to cast",
-                          path=source, field="dtype")
-    cfg.dtype = dtype_to_str(target)
-    cfg.device = str(torch.device(device))
-    return {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
+def _checked(expected: dict[str, tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], what: str,
+             cfg: MultiLayerConfig | CrossCoderConfig, *, device: str | torch.device, dtype: torch.dtype | str | None,
+             source: str | os.PathLike[str] | None) -> dict[str, torch.Tensor]:
+    """The SAE's own checks (missing, unexpected, shape, float), then the tensors placed in the compute dtype."""
+    from sae_hub.sae import check_state_dict, place_state_dict
+
+    check_state_dict(expected, state_dict, what, source)
+    return place_state_dict(state_dict, cfg, what, device=device, dtype=dtype, source=source)
 
 
 def layer_of(hook: str | None) -> int | None:

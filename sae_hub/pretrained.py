@@ -28,24 +28,14 @@ def from_pretrained(release: str, sae_id: str, *, revision: str | None = None, f
     ``kwargs`` are those of ``SAE.from_pretrained`` (``device``, ``dtype``, ``force_download``,
     ``local_files_only``, loader options).
     """
-    from sae_hub.loading import get_loader
+    import importlib
+
+    from sae_hub.loading import KINDS, release_kind
     from sae_hub.releases import locate
 
-    src = locate(release, sae_id, revision=revision, format=format)
-    kind = get_loader(src.format).kind if src.format is not None else "sae"
-    if kind == "multilayer":
-        from sae_hub.multilayer import MultiLayerDictionary
-
-        return MultiLayerDictionary.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
-    if kind == "crosscoder":
-        from sae_hub.multilayer import CrossCoder
-
-        return CrossCoder.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
-    if kind == "temporal":
-        from sae_hub.temporal import TemporalSAE
-
-        return TemporalSAE.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
-    from sae_hub.sae import SAE
-
-    return SAE.from_pretrained(release, sae_id, revision=revision, format=format, **kwargs)
-
+    kind = release_kind(locate(release, sae_id, revision=revision, format=format)) or "sae"
+    _, module, name = KINDS[kind]
+    cls = getattr(importlib.import_module(module), name)
+    loaded: SAE | MultiLayerDictionary | CrossCoder | TemporalSAE = cls.from_pretrained(
+        release, sae_id, revision=revision, format=format, **kwargs)
+    return loaded

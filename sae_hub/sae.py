@@ -42,7 +42,7 @@ from sae_hub.files import dtype_from_str, dtype_to_str
 if TYPE_CHECKING:
     from sae_hub.config import Provenance
 
-__all__ = ["SAE", "check_floating_weights", "param_shapes"]
+__all__ = ["SAE", "check_floating_weights", "check_state_dict", "param_shapes", "place_state_dict"]
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CONFIG_FILENAME = "cfg.json"
@@ -406,39 +406,10 @@ class SAE(nn.Module):
         so do integer, bool or complex ones (see :func:`check_floating_weights`); mixed float dtypes are cast
         to ``W_enc``'s (or ``dtype``). A dtype nothing can compute in (float8, say) needs ``dtype=`` to cast.
         """
-        expected = param_shapes(cfg)
-        missing = [k for k in expected if k not in state_dict]
-        if missing:
-            raise ShapeMismatchError(
-                f"missing tensor(s) {missing} for a {cfg.architecture} SAE "
-                f"(found {sorted(state_dict)})", path=source, field=missing[0],
-            )
-        unexpected = [k for k in state_dict if k not in expected]
-        if unexpected:
-            raise ShapeMismatchError(
-                f"unexpected tensor(s) {unexpected} for a {cfg.architecture} SAE "
-                f"(expected {sorted(expected)})", path=source, field=unexpected[0],
-            )
-        for key, shape in expected.items():
-            if not isinstance(state_dict[key], torch.Tensor):
-                raise ShapeMismatchError(f"{key} is a {type(state_dict[key]).__name__}, not a tensor", path=source,
-                                         field=key)
-            if tuple(state_dict[key].shape) != shape:
-                raise ShapeMismatchError(
-                    f"tensor {key} has shape {list(state_dict[key].shape)}, the config "
-                    f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.d_out}) needs {list(shape)}",
-                    path=source, field=key,
-                )
-        check_floating_weights(state_dict, source)
-        try:
-            target = _compute_dtype(dtype_from_str(dtype) if dtype is not None else state_dict["W_enc"].dtype, source)
-        except ConfigError as e:
-            raise ConfigError(e.message, path=source, field=e.field) from None
-        if dtype is not None and target != state_dict["W_enc"].dtype:
-            cfg.record(f"cast {dtype_to_str(state_dict['W_enc'].dtype)}->{dtype_to_str(target)}")
-        tensors = {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
-        cfg.dtype = dtype_to_str(target)
-        cfg.device = str(torch.device(device))
+        check_state_dict(param_shapes(cfg), state_dict, f"a {cfg.architecture} SAE", source,
+                         shapes_from=f"the config (d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.d_out})")
+        tensors = place_state_dict(state_dict, cfg, "an SAE", device=device, dtype=dtype, source=source,
+                                   reference="W_enc")
         return cls(cfg, _tensors=tensors)
 
     # ------------------------------------------------------------------ disk and hub
@@ -573,15 +544,11 @@ class SAE(nn.Module):
         :func:`sae_hub.loading.load_local` with them.
         """
         from sae_hub import hub
-        from sae_hub.loading import load_local
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
-        _refuse_multilayer(src)
-        options = {**src.options, **options}
-        with hub.fetch(src, offline=local_files_only, force=force_download) as got:
-            cfg, state_dict, source = load_local(got.path, format=got.format, options=options, facts=src.facts,
-                                                 files=got.files)
+        cfg, state_dict, source = hub.load_located(src, kind="sae", options=options, offline=local_files_only,
+                                                   force=force_download, facts=src.facts)
         return cls.from_state_dict(cfg, state_dict, device=device, dtype=dtype, source=source)
 
     @staticmethod
@@ -595,11 +562,11 @@ class SAE(nn.Module):
         (memory-mapped, not read) and their shapes fill the config.
         """
         from sae_hub import hub
-        from sae_hub.loading import load_local, load_local_config
+        from sae_hub.loading import check_release_kind, load_local, load_local_config
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
-        _refuse_multilayer(src)
+        check_release_kind(src, "sae")
         options = {**src.options, **options}
         with hub.fetch(src, offline=local_files_only, config=True) as got:
             if got.config_only:
@@ -669,36 +636,67 @@ def check_floating_weights(tensors: Mapping[str, torch.Tensor], source: str | os
             )
 
 
-def _compute_dtype(dt: torch.dtype, source: str | os.PathLike[str] | None) -> torch.dtype:
+def _compute_dtype(dt: torch.dtype, source: str | os.PathLike[str] | None, what: str = "an SAE") -> torch.dtype:
     if dt not in _COMPUTE_DTYPES:
-        raise ConfigError(f"an SAE cannot compute in {dtype_to_str(dt)}; pass dtype='float32' (or float16, "
+        raise ConfigError(f"{what} cannot compute in {dtype_to_str(dt)}; pass dtype='float32' (or float16, "
                           "bfloat16, float64) to cast", path=source, field="dtype")
     return dt
 
 
+def check_state_dict(expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Any], what: str,
+                     source: str | os.PathLike[str] | None, *, shapes_from: str = "the config") -> None:
+    """Refuse a state dict that does not fit ``expected`` (name -> shape) with a :class:`ShapeMismatchError`
+    naming ``source`` and the tensor: missing or unexpected keys, non-tensors, wrong shapes, non-float weights.
+
+    One check for every dictionary class (SAE, multi-layer, crosscoder, temporal), so a bad file reads the same
+    whichever class loads it. ``what`` names the dictionary (``"a topk SAE"``); ``shapes_from`` says where the
+    expected shapes come from in the message.
+    """
+    missing = [k for k in expected if k not in state_dict]
+    if missing:
+        raise ShapeMismatchError(f"missing tensor(s) {missing[:8]} for {what} (found {sorted(state_dict)[:16]})",
+                                 path=source, field=missing[0])
+    unexpected = [k for k in state_dict if k not in expected]
+    if unexpected:
+        raise ShapeMismatchError(f"unexpected tensor(s) {unexpected[:8]} for {what} (expected "
+                                 f"{sorted(expected)[:16]})", path=source, field=unexpected[0])
+    for key, shape in expected.items():
+        t = state_dict[key]
+        if not isinstance(t, torch.Tensor):
+            raise ShapeMismatchError(f"{key} is a {type(t).__name__}, not a tensor", path=source, field=key)
+        if tuple(t.shape) != tuple(shape):
+            raise ShapeMismatchError(f"tensor {key} has shape {list(t.shape)}, {shapes_from} needs {list(shape)}",
+                                     path=source, field=key)
+    check_floating_weights(state_dict, source)
+
+
+def place_state_dict(state_dict: Mapping[str, torch.Tensor], cfg: Any, what: str, *,
+                     device: str | torch.device, dtype: torch.dtype | str | None,
+                     source: str | os.PathLike[str] | None, reference: str | None = None) -> dict[str, torch.Tensor]:
+    """The checked tensors on ``device`` in the compute dtype, copied only where device or dtype differ.
+
+    The dtype is ``dtype`` if given, else ``reference``'s stored dtype, else the one stored dtype (mixed stored
+    dtypes: the widest, recorded in ``cfg``'s provenance). A dtype nothing can compute in (float8, say) is a
+    :class:`ConfigError` asking for ``dtype=``. Sets ``cfg.dtype`` and ``cfg.device``.
+    """
+    stored = {t.dtype for t in state_dict.values()}
+    if dtype is not None:
+        target = dtype_from_str(dtype)
+    elif reference is not None and reference in state_dict:
+        target = state_dict[reference].dtype
+    elif len(stored) == 1:
+        target = next(iter(stored))
+    else:
+        target = max(stored, key=lambda d: torch.finfo(d).bits)
+        cfg.record(f"mixed stored dtypes cast to {dtype_to_str(target)}")
+    _compute_dtype(target, source, what)
+    was = state_dict[reference].dtype if reference is not None and reference in state_dict else None
+    if dtype is not None and was is not None and target != was:
+        cfg.record(f"cast {dtype_to_str(was)}->{dtype_to_str(target)}")
+    cfg.dtype = dtype_to_str(target)
+    cfg.device = str(torch.device(device))
+    return {k: v.to(device=device, dtype=target) for k, v in state_dict.items()}
+
+
 def _has_state(state: _InputState) -> bool:
     return state.scale is not None or state.head_shape is not None
-
-
-def _refuse_multilayer(src: Any) -> None:
-    """A release whose format holds a transcoder set, CLT or crosscoder is loaded by its own class: refused here
-    before anything is fetched.
-
-    Why a typed error rather than returning the multi-layer object here: ``SAE.from_pretrained`` is typed to return
-    an ``SAE`` (every caller, splicing and conversion included, relies on that), and each class loading its own
-    kind keeps the hub side (locate, fetch) shared and the model side separate, as ``sae_hub.hub`` intends.
-    """
-    from sae_hub.loading import get_loader
-
-    kind = get_loader(src.format).kind if src.format is not None else "sae"
-    if kind in ("multilayer", "crosscoder", "temporal"):
-        rel = src.release.name if src.release is not None else src.repo_id
-        sid = src.entry.id if src.entry is not None else src.path
-        what, cls = {"multilayer": ("a multi-layer dictionary", "MultiLayerDictionary"),
-                     "crosscoder": ("a crosscoder (one latent space over several sites)", "CrossCoder"),
-                     "temporal": ("a temporal SAE (each token coded partly from the earlier tokens of its sequence)",
-                                  "TemporalSAE")}[kind]
-        raise UnsupportedSAEError(
-            f"{rel!r} / {sid!r} is {what} (format {src.format!r}): load it with "
-            f"sae_hub.{cls}.from_pretrained({rel!r}, {sid!r}) (or sae_hub.from_pretrained)",
-            path=f"hf://{src.label}", field="format")

@@ -67,7 +67,7 @@ from torch import nn
 
 from sae_hub.config import Provenance
 from sae_hub.errors import ConfigError, ShapeMismatchError, UnknownArchitectureError, UnsupportedSAEError
-from sae_hub.files import dtype_from_str, dtype_to_str
+from sae_hub.files import dtype_to_str
 
 if TYPE_CHECKING:
     from sae_hub.releases import Source
@@ -77,7 +77,6 @@ __all__ = ["DIFF_TYPES", "TemporalCodes", "TemporalConfig", "TemporalSAE", "temp
 #: How the novel (per-position) part is sparsified; ``batchtopk`` means its inference mode (a fixed threshold).
 DIFF_TYPES = ("relu", "topk", "batchtopk", "nullify")
 EPS = 1e-6
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _posint(value: Any, name: str) -> int:
@@ -303,40 +302,11 @@ class TemporalSAE(nn.Module):
         """Build around existing (e.g. memory-mapped) canonical tensors: no copy unless ``dtype``/``device``
         differ. Missing, unexpected, misshapen or non-float tensors are a :class:`ShapeMismatchError` naming the
         tensor (and ``source``)."""
-        expected = temporal_param_shapes(cfg)
-        missing = [k for k in expected if k not in state_dict]
-        if missing:
-            raise ShapeMismatchError(f"missing tensor(s) {missing[:8]} for this temporal SAE", path=source,
-                                     field=missing[0])
-        unexpected = [k for k in state_dict if k not in expected]
-        if unexpected:
-            raise ShapeMismatchError(f"unexpected tensor(s) {unexpected[:8]} for this temporal SAE", path=source,
-                                     field=unexpected[0])
-        dts = set()
-        for key, shape in expected.items():
-            t = state_dict[key]
-            if not isinstance(t, torch.Tensor):
-                raise ShapeMismatchError(f"{key} is a {type(t).__name__}, not a tensor", path=source, field=key)
-            if tuple(t.shape) != shape:
-                raise ShapeMismatchError(f"tensor {key} has shape {list(t.shape)}, the config needs {list(shape)}",
-                                         path=source, field=key)
-            if not t.is_floating_point():
-                raise ShapeMismatchError(f"tensor {key} has dtype {dtype_to_str(t.dtype)}; weights must be floating "
-                                         "point (refused rather than cast)", path=source, field=key)
-            dts.add(t.dtype)
-        if dtype is not None:
-            target = dtype_from_str(dtype)
-        elif len(dts) == 1:
-            target = dts.pop()
-        else:
-            target = max(dts, key=lambda d: torch.finfo(d).bits)
-            cfg.record(f"mixed stored dtypes cast to {dtype_to_str(target)}")
-        if target not in _COMPUTE_DTYPES:
-            raise ConfigError(f"cannot compute in {dtype_to_str(target)}; pass dtype='float32' to cast",
-                              path=source, field="dtype")
-        cfg.dtype = dtype_to_str(target)
-        cfg.device = str(torch.device(device))
-        return cls(cfg, _tensors={k: v.to(device=device, dtype=target) for k, v in state_dict.items()})
+        from sae_hub.sae import check_state_dict, place_state_dict
+
+        check_state_dict(temporal_param_shapes(cfg), state_dict, "this temporal SAE", source)
+        return cls(cfg, _tensors=place_state_dict(state_dict, cfg, "a temporal SAE", device=device, dtype=dtype,
+                                                  source=source))
 
     @classmethod
     def load_from_disk(cls, path: str | os.PathLike[str], *, format: str | None = None,
@@ -363,14 +333,11 @@ class TemporalSAE(nn.Module):
         are recorded; its ``norm_scaling_factor`` is checked against ``conf.yaml``'s ``scaling_factor`` (the
         constant the SAE was trained with, which is what is used)."""
         from sae_hub import hub
-        from sae_hub.loading import load_local
         from sae_hub.releases import locate
 
         src = locate(release, sae_id, revision=revision, format=format)
-        options = {**src.options, **options}
-        with hub.fetch(src, offline=local_files_only, force=force_download) as got:
-            cfg, state_dict, source = load_local(got.path, format=got.format, options=options, files=got.files,
-                                                 kind="temporal")
+        cfg, state_dict, source = hub.load_located(src, kind="temporal", options=options, offline=local_files_only,
+                                                   force=force_download)
         if not isinstance(cfg, TemporalConfig):
             raise UnsupportedSAEError("this is not a temporal SAE", path=source, field="format")
         _apply_release(cfg, src)
