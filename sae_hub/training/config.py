@@ -110,8 +110,9 @@ class TrainConfig:
     decoder_norm: str = "unit"
     # The decoder's lr is lr times this. None: 25 for topk/(matryoshka_)batchtopk, 1 otherwise. On the realistic
     # benchmark (SAE 1024, k 7): topk MCC 0.712 -> 0.841 at 1M samples (x4 0.768, x10 0.816, x60 0.837) and
-    # 0.742 -> 0.872 at 5M (dead 10.6% -> 0.9%); batchtopk 0.610 -> 0.743 at 1M. With Adam a unit-norm row's
-    # direction moves ~lr·√d_in per step at most, and at the encoder's lr the decoder directions lag the encoder
+    # 0.742 -> 0.872 at 5M (dead 10.6% -> 0.9%; x10 0.842, x50 0.877); batchtopk 0.610 -> 0.743 at 1M. With
+    # Adam a unit-norm row's direction moves ~lr·√d_in per step at most, and at the encoder's lr the decoder
+    # directions lag the encoder
     # (SAELens gets ~10x through its free decoder norms initialised at 0.1; decoder_norm="rescale" here: 0.728).
     # matryoshka_batchtopk 0.640 -> 0.765 at 1M (F1 0.548 -> 0.696).
     decoder_lr_scale: float | None = None
