@@ -10,7 +10,7 @@ Conventions (stated because peers differ):
   if it fired on more than ``dense_threshold`` (default 10%) of them. The window is always stated with the
   number.
 - **CE loss recovered** = (CE_ablated - CE_spliced) / (CE_ablated - CE_clean), with the zero-ablation or the
-  mean-ablation baseline (see :mod:`sae_hub.training.evaluate`).
+  mean-ablation baseline (see :mod:`sae_hub.training.evaluation`).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from sae_hub.adapters import adapt
 from sae_hub.analysis.feature_stats import feature_stats
 from sae_hub.analysis.logit_lens import logit_lens
 from sae_hub.errors import ConfigError
+from sae_hub.training import evaluate
 from sae_hub.training.activations import ActivationCache, ModelActivationSource, cache_activations
-from sae_hub.training.evaluate import evaluate
 
 pytest.importorskip("transformers")
 pytest.importorskip("transformer_lens")

@@ -12,8 +12,8 @@ from tiny_model import corpus
 
 from sae_hub import SAE, SAEConfig
 from sae_hub.errors import ConfigError
+from sae_hub.training import evaluate
 from sae_hub.training.activations import ModelActivationSource, pack_tokens
-from sae_hub.training.evaluate import evaluate
 
 CTX = 32
 DOCS = corpus()[:12]

@@ -37,6 +37,33 @@ def test_plain_import_does_not_even_import_torch():
     assert "torch" not in _modules_after("import sae_hub; sae_hub.__version__")
 
 
+SHADOW_CHECK = """
+import importlib, pkgutil, sys
+for pkg_name in ("sae_hub", "sae_hub.training", "sae_hub.analysis"):
+    pkg = importlib.import_module(pkg_name)
+    for info in pkgutil.iter_modules(pkg.__path__):  # every submodule, imported the way a user's code might
+        if info.name == "__main__":
+            continue
+        try:
+            importlib.import_module(f"{pkg_name}.{info.name}")
+        except ImportError:  # an optional dependency missing: that submodule cannot shadow anything
+            pass
+    for name in pkg.__all__:
+        value = getattr(pkg, name)
+        if name in getattr(pkg, "_SUBMODULES", ()):  # exported as modules on purpose (sae_hub.analysis.plots)
+            continue
+        assert not isinstance(value, type(sys)), f"{pkg_name}.{name} is the module {value.__name__}, not the export"
+"""
+
+
+def test_lazy_exports_are_not_shadowed_by_a_submodule_of_the_same_name():
+    """``from sae_hub.training import evaluate`` was the *module* evaluate.py once anything had imported
+    ``sae_hub.training.evaluate`` (the import system binds a submodule onto its package), and the call failed
+    with "'module' object is not callable" depending on import order. Every lazy export stays the object."""
+    out = subprocess.run([sys.executable, "-c", SHADOW_CHECK], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def test_loaders_and_registry_import_from_any_directory():
     out = subprocess.run(
         [sys.executable, "-c", "import sae_hub.loaders.saelens, sae_hub.registry; print('ok')"],

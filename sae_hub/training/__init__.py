@@ -9,7 +9,8 @@ The rooms, in reading order:
 * ``kernels.py`` — the training-time SAE math: sparse TopK autograd functions (forward and backward formulas),
   JumpReLU's straight-through estimators, decoder constraints;
 * ``checkpoint.py`` / ``distributed.py`` — checkpoints on disk; devices and data parallelism;
-* ``evaluate.py`` — quality numbers of any SAE; ``synthetic.py`` — planted-feature data and recovery metrics;
+* ``evaluation.py`` — :func:`evaluate`, quality numbers of any SAE; ``synthetic.py`` — planted-feature data and
+  recovery metrics;
 * ``callbacks.py`` — optional experiment logging (:class:`WandbCallback`; wandb imported only when one is made).
 
 Names resolve on first access (as in :mod:`sae_hub`), so ``import sae_hub.training`` stays cheap and importing
@@ -47,7 +48,7 @@ _EXPORTS: dict[str, str] = {
     "cache_activations": "sae_hub.training.activations",
     "as_source": "sae_hub.training.activations",
     "pack_tokens": "sae_hub.training.activations",
-    "evaluate": "sae_hub.training.evaluate",
+    "evaluate": "sae_hub.training.evaluation",
 }
 
 __all__ = list(_EXPORTS)
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
     from sae_hub.training.callbacks import WandbCallback as WandbCallback
     from sae_hub.training.checkpoint import latest_checkpoint as latest_checkpoint
     from sae_hub.training.config import TrainConfig as TrainConfig
-    from sae_hub.training.evaluate import evaluate as evaluate
+    from sae_hub.training.evaluation import evaluate as evaluate
     from sae_hub.training.kernels import sparse_decode as sparse_decode
     from sae_hub.training.kernels import sparse_encode as sparse_encode
     from sae_hub.training.synthetic import SyntheticActivations as SyntheticActivations
