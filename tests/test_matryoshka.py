@@ -254,18 +254,3 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path):
     resumed = train_sae(cfg, data, progress=False, resume=tmp_path / "step_000000010")
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-
-
-@pytest.mark.parametrize("save_as", ["jumprelu", "topk"])
-def test_saelens_loads_the_saved_sae_as_a_plain_one_and_computes_the_same(save_as, tmp_path):
-    """Compat suite (runs where sae_lens is installed, e.g. ``.venv-compat``): the saved folder is an ordinary
-    SAELens jumprelu/topk SAE; SAELens's encode and forward equal sae-hub's."""
-    sae_lens = pytest.importorskip("sae_lens", reason="compat suite: run in the SAELens env")
-    data = SyntheticActivations(d=16, n_features=64, mean_active=3, seed=0)
-    train_sae(_cfg(batchtopk_save_as=save_as, output_dir=str(tmp_path / "sae")), data, progress=False)
-    ours, theirs = SAE.load_from_disk(tmp_path / "sae"), sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
-    assert theirs.cfg.architecture() == save_as
-    x = data.sample(256, seed=3)
-    with torch.no_grad():
-        torch.testing.assert_close(theirs.encode(x), ours.encode(x), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-6, atol=1e-6)
