@@ -233,7 +233,23 @@ def multilayer_param_shapes(cfg: MultiLayerConfig) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-class MultiLayerDictionary(nn.Module):
+class _Dictionary(nn.Module):
+    """What the multi-site classes share: per-site parameter lists (``b_dec[t]``) and the dtype they compute in."""
+
+    b_dec: nn.ParameterList
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.b_dec[0].dtype
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32, or float64 for float64 weights (a float64 dictionary is for exact references, e.g. finite
+        differences, which float32 rounding would swamp)."""
+        return compute_dtype(self.dtype)
+
+
+class MultiLayerDictionary(_Dictionary):
     """A per-layer transcoder set or a cross-layer transcoder (see the module docstring for what it computes).
 
     Build one from a config (``MultiLayerDictionary(cfg)``, zero-initialised), from canonical tensors
@@ -266,16 +282,6 @@ class MultiLayerDictionary(nn.Module):
         for i, ts in enumerate(cfg.targets):
             for j, t in enumerate(ts):
                 self._writers[t].append((i, j))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.b_dec[0].dtype
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """float32, or float64 for float64 weights (a float64 dictionary is for exact references, e.g. finite
-        differences, which float32 rounding would swamp)."""
-        return compute_dtype(self.dtype)
 
     # ------------------------------------------------------------------ compute
 
@@ -617,7 +623,7 @@ def crosscoder_param_shapes(cfg: CrossCoderConfig) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-class CrossCoder(nn.Module):
+class CrossCoder(_Dictionary):
     """One latent space read from several sites and decoded to each (see the module docstring). Inputs, features
     and outputs are sequences (or stacked tensors) in site order."""
 
@@ -632,16 +638,6 @@ class CrossCoder(nn.Module):
         self.W_enc, self.b_enc = plist("W_enc"), plist("b_enc")
         self.W_dec, self.b_dec = plist("W_dec"), plist("b_dec")
         self.threshold = plist("threshold") if cfg.architecture == "jumprelu" else None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.b_dec[0].dtype
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """float32, or float64 for float64 weights (a float64 dictionary is for exact references, e.g. finite
-        differences, which float32 rounding would swamp)."""
-        return compute_dtype(self.dtype)
 
     def _sites(self, values: Sequence[torch.Tensor] | torch.Tensor, what: str, width: int) -> list[torch.Tensor]:
         if not isinstance(values, (torch.Tensor, Sequence)) or len(values) != self.cfg.n_sites:
